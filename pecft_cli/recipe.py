@@ -1,0 +1,473 @@
+"""The recipe: one YAML file that says what to train, on what, in which order.
+
+It is parsed into typed pydantic models that reject unknown keys (with a did-you-mean), so a typo
+fails before any work starts instead of being silently ignored. `--set dotted.key=value`
+overrides are applied to the raw mapping and typed by the same schema.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pecft_cli.errors import PecftError, did_you_mean
+
+DATA_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Quantization(Section):
+    """bitsandbytes quantization of the frozen base model (QLoRA when 4bit)."""
+
+    mode: Literal["none", "4bit", "8bit"] = "none"
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+
+
+class ModelSection(Section):
+    """Where the base model comes from and how it is loaded."""
+
+    path: str = Field(
+        description="local model folder, a .gguf file, a hub id, or package://<package>/<file>"
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside `path`, if any")
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    quantization: Quantization = Quantization()
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        """Accept `quantization: 4bit` as well as the full mapping."""
+        return {"mode": value} if isinstance(value, str) else value
+
+
+class LoraSection(Section):
+    """The LoRA adapter that PEFT attaches to the base model."""
+
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Union[list[str], Literal["all-linear"]] = ["q_proj", "v_proj"]  # noqa: UP007
+
+    @field_validator("target_modules")
+    @classmethod
+    def _not_empty(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and not value:
+            raise ValueError("name at least one module, or use 'all-linear'")
+        return value
+
+
+class StrategySection(Section):
+    """The continual-learning strategy and its own options (checked by the strategy itself)."""
+
+    name: str = "seq"
+    options: dict[str, Any] = {}
+
+
+class TrainingSection(Section):
+    """Optimisation settings; every task may override any of them."""
+
+    epochs: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: int = Field(512, gt=1)
+    log_every: int = Field(5, gt=0)
+
+
+class TrainingOverride(Section):
+    """A task's partial override of the training section."""
+
+    epochs: int | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0)
+    grad_accum: int | None = Field(None, gt=0)
+    lr: float | None = Field(None, gt=0)
+    scheduler: Literal["linear", "cosine", "constant"] | None = None
+    warmup_steps: int | None = Field(None, ge=0)
+    weight_decay: float | None = Field(None, ge=0)
+    max_grad_norm: float | None = Field(None, gt=0)
+    max_length: int | None = Field(None, gt=1)
+    log_every: int | None = Field(None, gt=0)
+
+
+Metric = Literal["exact_match", "choice"]
+
+
+class EvaluationSection(Section):
+    """How every task is scored after every stage."""
+
+    metric: Literal["auto", "exact_match", "choice"] = Field(
+        "auto", description="auto: choice for tasks with choices, exact_match otherwise"
+    )
+    batch_size: int = Field(32, gt=0)
+    limit: int | None = Field(None, gt=0, description="score at most this many eval examples")
+    max_new_tokens: int = Field(16, gt=0)
+
+
+class TaskSection(Section):
+    """One task of the stream: its data, how a row becomes a prompt and a target."""
+
+    name: str
+    source: str | None = Field(
+        None,
+        description="hub dataset id, save_to_disk folder or data file; train/eval are then splits",
+    )
+    config: str | None = Field(None, description="dataset configuration of a hub source")
+    train: str = Field(description="a data file or folder, or a split name of `source`")
+    eval: str = Field(description="a data file or folder, or a split name of `source`")
+    prompt: str = Field(description="template with {field} placeholders")
+    target: str = Field(description="template with {field} placeholders, or a bare field name")
+    chat: bool = Field(False, description="wrap the prompt in the tokenizer's chat template")
+    system: str | None = Field(None, description="system message when chat is true")
+    choices: Union[list[str], str, None] = Field(  # noqa: UP007
+        None, description="answer options, or the name of a field holding each row's options"
+    )
+    metric: Metric | None = None
+    training: TrainingOverride = TrainingOverride()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not TASK_NAME.match(value):
+            raise ValueError(
+                "use letters, digits, '_', '.' or '-', starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("prompt", "target")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        template_fields(value)
+        return value
+
+    @field_validator("choices")
+    @classmethod
+    def _choices(cls, value: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(value, list) and len(value) < 2:
+            raise ValueError("give at least two choices")
+        return value
+
+    def target_template(self) -> str:
+        """A bare field name means the field's value."""
+        return self.target if "{" in self.target else "{" + self.target + "}"
+
+
+class Recipe(Section):
+    """A whole continual fine-tuning run."""
+
+    name: str
+    seed: int = 0
+    output_dir: str | None = Field(None, description="run folder; default runs/<name>")
+    model: ModelSection
+    lora: LoraSection = LoraSection()
+    strategy: StrategySection = StrategySection()
+    training: TrainingSection = TrainingSection()
+    evaluation: EvaluationSection = EvaluationSection()
+    tasks: Annotated[list[TaskSection], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_tasks(self) -> Recipe:
+        seen: set[str] = set()
+        for task in self.tasks:
+            if task.name in seen:
+                raise ValueError(f"task name '{task.name}' appears twice; task names must differ")
+            seen.add(task.name)
+        return self
+
+    def task_training(self, task: TaskSection) -> TrainingSection:
+        """The training section with the task's overrides applied."""
+        changes = task.training.model_dump(exclude_none=True)
+        return self.training.model_copy(update=changes)
+
+    def task_metric(self, task: TaskSection) -> Metric:
+        if task.metric:
+            return task.metric
+        if self.evaluation.metric != "auto":
+            return self.evaluation.metric
+        return "choice" if task.choices is not None else "exact_match"
+
+
+def template_fields(template: str) -> list[str]:
+    """The field names a `{field}` template uses; attribute and index access are refused."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"not a valid template ({exc}); write literal braces as {{{{ and }}}}")
+    names = []
+    for _, field, _, _ in parsed:
+        if field is None:
+            continue
+        if not field.isidentifier():
+            raise ValueError(
+                f"placeholder '{{{field}}}' is not a plain field name; use {{name}} with letters, "
+                "digits and '_'"
+            )
+        names.append(field)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides and errors
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; data paths become absolute, relative to the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PecftError(f"{path}: no such recipe file. Give the path of a recipe YAML file.")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PecftError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PecftError(f"{path}: not valid YAML{where}: {problem}.") from None
+    if not isinstance(raw, dict):
+        raise PecftError(
+            f"{path}: a recipe is a YAML mapping with keys such as name, model and tasks; "
+            f"this file holds {type(raw).__name__}."
+        )
+    for item in overrides or []:
+        apply_override(raw, item)
+    recipe = validate_recipe(raw, source=str(path))
+    return resolve_paths(recipe, path.parent.resolve())
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a raw mapping into a Recipe, turning pydantic's errors into one clear paragraph."""
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise PecftError(f"{source}: " + explain(exc, raw)) from None
+    from pecft_cli.strategies import check_strategy
+
+    try:
+        check_strategy(recipe.strategy)
+    except PecftError as exc:
+        raise PecftError(f"{source}: {exc}") from None
+    return recipe
+
+
+def explain(exc: ValidationError, raw: Any) -> str:
+    """One sentence per problem, each naming the key path, the bad value and what is valid."""
+    lines = []
+    for err in exc.errors():
+        loc = err["loc"]
+        where = dotted(loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            model = model_at(Recipe, loc[:-1])
+            valid = sorted(model.model_fields) if model else []
+            hint = did_you_mean(str(loc[-1]), valid)
+            lines.append(f"{where}: unknown key{hint or '.'} Valid keys here: {', '.join(valid)}.")
+        elif err["type"] == "missing":
+            lines.append(f"{where}: required key is missing.")
+        else:
+            value = err.get("input")
+            shown = repr(value) if not isinstance(value, dict) else "a mapping"
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {message} (got {shown}).")
+    unique = list(dict.fromkeys(lines))
+    return " ".join(unique)
+
+
+def dotted(loc: tuple[Any, ...]) -> str:
+    """`('tasks', 0, 'prompt')` -> `tasks[0].prompt`, skipping pydantic's union branch tags."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and (part.startswith(("list[", "literal[")) or part in _TAGS):
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+_TAGS = {"str", "int", "float", "bool", "none"}
+
+
+def model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The recipe section class found by walking a key path through the schema."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = section_type(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def section_type(annotation: Any) -> Any:
+    """The BaseModel inside `X`, `list[X]`, `X | None` or `Annotated[...]`, else the annotation."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = section_type(arg)
+        if isinstance(found, type) and issubclass(found, BaseModel):
+            return found
+    return annotation
+
+
+def takes_text(annotation: Any) -> bool:
+    """Whether a field is plain text, so an override value is kept as written."""
+    if annotation is str:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(annotation))
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return all(takes_text(a) for a in args)
+    return False
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `dotted.key=value` to the raw recipe mapping, checking the path against the schema.
+
+    List items are addressed by index (`tasks.0.lr`) or, for tasks, by name (`tasks.qa.lr`).
+    The value is read as YAML (numbers, booleans, lists) unless the key holds plain text.
+    """
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise PecftError(
+            f"--set {item!r}: write an override as dotted.key=value, for example "
+            "--set training.lr=1e-4 or --set tasks.0.training.epochs=2."
+        )
+    parts = key.strip().split(".")
+    node: Any = raw
+    model: Any = Recipe
+    annotation: Any = Recipe
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        here = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            index = list_index(node, part, here)
+            if last:
+                raise PecftError(f"--set {key}: cannot replace a whole list item; set one of its keys.")
+            node = node[index]
+            continue
+        fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if fields is None:
+            if isinstance(node, dict) and last:
+                annotation = Any
+            else:
+                raise PecftError(f"--set {key}: '{parts[i - 1]}' holds a value, not keys.")
+        elif part not in fields:
+            raise PecftError(
+                f"--set {key}: unknown key '{part}'{did_you_mean(part, list(fields))} "
+                f"Valid keys at {'.'.join(parts[:i]) or 'the top level'}: {', '.join(fields)}."
+            )
+        else:
+            annotation = fields[part].annotation
+        if not isinstance(node, dict):
+            raise PecftError(f"--set {key}: '{'.'.join(parts[:i])}' is not a mapping in the recipe.")
+        if last:
+            node[part] = text if takes_text(annotation) else parse_value(text)
+            return
+        if part not in node or node[part] is None:
+            if typing.get_origin(annotation) is list or "list" in str(annotation):
+                raise PecftError(f"--set {key}: the recipe has no '{here}' list to index into.")
+            node[part] = {}
+        node = node[part]
+        model = section_type(annotation)
+
+
+def list_index(items: list[Any], part: str, where: str) -> int:
+    """A list position given as an index or, for named items such as tasks, as a name."""
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        if 0 <= index < len(items):
+            return index
+        raise PecftError(f"--set: {where}: index {index} is out of range (0..{len(items) - 1}).")
+    names = [item.get("name") for item in items if isinstance(item, dict)]
+    if part in names:
+        return names.index(part)
+    raise PecftError(
+        f"--set: {where}: no item named '{part}'{did_you_mean(part, [n for n in names if n])} "
+        f"Use an index 0..{len(items) - 1} or one of: {', '.join(str(n) for n in names)}."
+    )
+
+
+def parse_value(text: str) -> Any:
+    """Read an override value as YAML; `1e-4` counts as a number, as a user means it."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value) if re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value) else value
+        except ValueError:
+            return value
+    return value
+
+
+def is_local(reference: str, base: Path) -> bool:
+    """Whether a data or model reference names a local path rather than a hub id or split."""
+    candidate = Path(reference).expanduser()
+    if not candidate.is_absolute():
+        candidate = base / candidate
+    return (
+        candidate.exists()
+        or reference.startswith(("/", "./", "../", "~"))
+        or reference.lower().endswith(DATA_EXTENSIONS + (".gguf",))
+    )
+
+
+def absolute(reference: str, base: Path) -> str:
+    path = Path(reference).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    """Make local data and model paths absolute, relative to the recipe's folder."""
+    model = recipe.model
+    if not model.path.startswith("package://") and is_local(model.path, base):
+        model.path = absolute(model.path, base)
+    for task in recipe.tasks:
+        if task.source is not None:
+            if is_local(task.source, base):
+                task.source = absolute(task.source, base)
+        else:
+            task.train = absolute(task.train, base)
+            task.eval = absolute(task.eval, base)
+    return recipe
+
+
+def output_dir(recipe: Recipe) -> Path:
+    """The run folder: `output_dir` relative to the working directory, or runs/<name>."""
+    return Path(recipe.output_dir or Path("runs") / recipe.name).expanduser().resolve()
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML that `pecft train` accepts as it is."""
+    data = recipe.model_dump(mode="json")
+    data["output_dir"] = str(output_dir(recipe))
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)

@@ -1,0 +1,41 @@
+"""Tables of an evaluation matrix and its metrics, as rich renderables (the caller prints them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def signed(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.1f}"
+
+
+def matrix_table(tasks: list[str], matrix: dict[str, list[float | None]]) -> Table:
+    """One row per stage (base, then after each task), one column per task, scores in percent."""
+    table = Table(title="Evaluation matrix (%)", caption="row: after training that task")
+    table.add_column("stage", style="bold")
+    for task in tasks:
+        table.add_column(task, justify="right")
+    for stage, scores in matrix.items():
+        table.add_row(stage, *(percent(s) for s in scores))
+    return table
+
+
+def metrics_table(metrics: dict[str, Any]) -> Table:
+    """The continual-learning summary: ACC, BWT, FWT, forgetting and learning accuracy."""
+    table = Table(title="Continual-learning metrics (%)")
+    for name in ("ACC", "BWT", "FWT", "Forgetting", "Learning acc."):
+        table.add_column(name, justify="right")
+    table.add_row(
+        percent(metrics["acc"]),
+        signed(metrics["bwt"]),
+        signed(metrics["fwt"]),
+        percent(metrics["forgetting"]),
+        percent(metrics["learning_accuracy"]),
+    )
+    return table

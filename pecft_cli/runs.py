@@ -1,0 +1,196 @@
+"""The run folder: its layout (a contract scripts rely on), its state file, and safe writes.
+
+Every file is written to a temporary name in the same folder and renamed into place, so a run
+killed at any moment leaves the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pecft_cli import __version__
+from pecft_cli.errors import PecftError
+
+FORMAT_VERSION = 1
+LIBRARIES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "pecft-cli")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths of one run folder."""
+
+    root: Path
+
+    @property
+    def recipe(self) -> Path:
+        return self.root / "recipe.yaml"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def matrix(self) -> Path:
+        return self.root / "eval" / "matrix.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "eval" / "metrics.json"
+
+    @property
+    def train_log(self) -> Path:
+        return self.root / "logs" / "train.jsonl"
+
+    def adapter(self, index: int, task: str) -> Path:
+        """The adapter of the model after task `index` (0-based): adapters/01-<task>."""
+        return self.root / "adapters" / f"{index + 1:02d}-{task}"
+
+    def predictions(self, stage: str, task: str) -> Path:
+        return self.root / "eval" / "predictions" / stage / f"{task}.jsonl"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def read_state(folder: RunFolder) -> dict[str, Any] | None:
+    """run.json, or None when the folder has none."""
+    if not folder.state.is_file():
+        return None
+    try:
+        return json.loads(folder.state.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PecftError(f"{folder.state}: not a readable run state file ({exc}).") from None
+
+
+def open_run_folder(root: Path, overwrite: bool) -> RunFolder:
+    """Claim the output folder for a new run, refusing to mix it with what is already there.
+
+    `overwrite` replaces an earlier pecft run (a folder with run.json) and nothing else, so a
+    mistyped output_dir can never empty an unrelated folder.
+    """
+    folder = RunFolder(root)
+    if root.exists() and not root.is_dir():
+        raise PecftError(f"output_dir: {root} exists and is not a folder; choose another output_dir.")
+    if root.is_dir() and any(root.iterdir()):
+        if not folder.state.is_file():
+            raise PecftError(
+                f"output_dir: {root} already holds files that are not a pecft run; choose an "
+                "empty or new folder (set output_dir in the recipe or with --set output_dir=...)."
+            )
+        if not overwrite:
+            raise PecftError(
+                f"output_dir: {root} already holds a run; pass --overwrite to replace it, or "
+                "choose another folder with --set output_dir=...."
+            )
+        shutil.rmtree(root)
+    try:
+        for sub in ("adapters", "eval", "logs"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PecftError(f"output_dir: cannot create {root} ({exc.strerror}).") from None
+    return folder
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a file atomically: a temporary sibling, flushed, then renamed over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one log line; a line is written whole by a single write call."""
+    with path.open("a", encoding="utf-8") as out:
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_folder(path: Path, fill: Callable[[Path], None]) -> None:
+    """Let `fill` write a folder under a temporary name, then put it in place in one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        fill(scratch)
+        if path.exists():
+            shutil.rmtree(path)
+        scratch.rename(path)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
+def write_matrix(folder: RunFolder, tasks: list[str], rows: dict[str, list[float | None]]) -> None:
+    """eval/matrix.csv: header `stage,<task>...`, row `base`, then one row per trained task."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["stage", *tasks])
+    for stage, scores in rows.items():
+        writer.writerow([stage, *("" if s is None else f"{s:.6f}" for s in scores)])
+    write_text(folder.matrix, buffer.getvalue())
+
+
+def read_matrix(path: Path) -> tuple[list[str], dict[str, list[float | None]]]:
+    """Task names and rows of a matrix.csv."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        rows = {row[0]: [float(v) if v else None for v in row[1:]] for row in reader}
+    return header[1:], rows
+
+
+def new_state(name: str, seed: int, strategy: str, tasks: list[str]) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "pecft_version": __version__,
+        "name": name,
+        "status": "running",
+        "seed": seed,
+        "strategy": strategy,
+        "tasks": tasks,
+        "tasks_done": [],
+        "started_at": now(),
+        "finished_at": None,
+        "command": sys.argv,
+        "versions": library_versions(),
+        "timings": {"load_seconds": None, "train_seconds": {}, "eval_seconds": {}, "wall_seconds": None},
+        "training": {},
+    }

@@ -1,0 +1,65 @@
+"""The hooks a continual-learning strategy plugs into the task loop.
+
+The loop in `pecft_cli.train` calls these in order for every task; the defaults do nothing, so a
+strategy module overrides only what it changes and the loop never branches on strategy names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import PreTrainedModel
+
+from pecft_cli.data import Example
+from pecft_cli.recipe import LoraSection, Section
+
+
+class NoOptions(Section):
+    """A strategy without options: any key given is unknown."""
+
+
+def lora_config(lora: LoraSection) -> LoraConfig:
+    """PEFT's LoRA config from the recipe's lora section."""
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+class Strategy:
+    """Default hooks: one LoRA, trained on each task's own examples, saved as is."""
+
+    Options: ClassVar[type[Section]] = NoOptions
+
+    def __init__(self, options: Section, lora: LoraSection) -> None:
+        self.options = options
+        self.lora = lora
+
+    def attach(self, model: PreTrainedModel) -> PeftModel:
+        """Wrap the base model with the LoRA adapter(s) this strategy trains."""
+        return get_peft_model(model, lora_config(self.lora))
+
+    def before_task(self, model: PeftModel, index: int, name: str) -> None:
+        """Called before training task `index` (0-based)."""
+
+    def train_examples(self, index: int, examples: list[Example]) -> list[Example]:
+        """The examples task `index` trains on; replay mixes earlier tasks in here."""
+        return examples
+
+    def extra_loss(self, model: PeftModel) -> torch.Tensor | None:
+        """A term added to the cross-entropy loss at every step, or None."""
+        return None
+
+    def after_task(self, model: PeftModel, index: int, examples: list[Example]) -> None:
+        """Called after training task `index`, before its adapter is saved."""
+
+    def save_adapter(self, model: PeftModel, folder: Path) -> None:
+        """Write the adapter of the model as it stands, loadable by stock PEFT."""
+        model.save_pretrained(str(folder))

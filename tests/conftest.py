@@ -1,0 +1,107 @@
+"""Shared fixtures: a tiny random Llama with its own tokenizer, and small task data files.
+
+The tiny model is built from a config with random weights: fast enough for unit tests of the
+plumbing. Behaviour that depends on a real model is tested with SmolLM2 in test_real_model.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+CORPUS = [
+    "Country: France Code: FRA",
+    "Country: Japan Code: JPN",
+    "Currency: Euro Code: EUR",
+    "Currency: Japanese yen Code: JPY",
+    "Language: French Code: fr",
+    "What is the answer? yes no maybe",
+    "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 :?!.,",
+]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def build_tiny_model(folder: Path) -> Path:
+    """A 2-layer Llama and a byte-level BPE tokenizer without a pad token, saved to `folder`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(CORPUS * 4, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+COUNTRIES = [("France", "FRA"), ("Japan", "JPN"), ("Spain", "ESP"), ("Peru", "PER"),
+             ("Chile", "CHL"), ("Egypt", "EGY"), ("Kenya", "KEN"), ("Nepal", "NPL")]
+ANSWERS = [("Is ice cold?", "yes"), ("Is fire cold?", "no"), ("Is snow white?", "yes"),
+           ("Is coal white?", "no"), ("Is the sea wet?", "yes"), ("Is sand wet?", "no")]
+
+
+@pytest.fixture
+def recipe_file(tmp_path: Path, tiny_model: Path) -> Path:
+    """A two-task recipe (a generation task and a choice task) on the tiny model."""
+    data = tmp_path / "data"
+    write_jsonl(data / "codes" / "train.jsonl", [{"country": c, "code": k} for c, k in COUNTRIES])
+    write_jsonl(data / "codes" / "eval.jsonl", [{"country": c, "code": k} for c, k in COUNTRIES[:4]])
+    write_jsonl(data / "yesno" / "train.jsonl", [{"q": q, "a": a} for q, a in ANSWERS])
+    write_jsonl(data / "yesno" / "eval.jsonl", [{"q": q, "a": a} for q, a in ANSWERS[:4]])
+    recipe = {
+        "name": "tiny",
+        "seed": 3,
+        "output_dir": str(tmp_path / "run"),
+        "model": {"path": str(tiny_model)},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "training": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "log_every": 1},
+        "evaluation": {"batch_size": 3, "max_new_tokens": 4},
+        "tasks": [
+            {"name": "codes", "train": "data/codes/train.jsonl", "eval": "data/codes/eval.jsonl",
+             "prompt": "Country: {country} Code: ", "target": "code"},
+            {"name": "yesno", "train": "data/yesno/train.jsonl", "eval": "data/yesno/eval.jsonl",
+             "prompt": "{q} ", "target": "{a}", "choices": ["yes", "no"]},
+        ],
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path

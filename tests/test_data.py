@@ -1,0 +1,136 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_jsonl
+from transformers import AutoTokenizer
+
+from pecft_cli.data import IGNORE_INDEX, collate, load_task, read_local, training_features
+from pecft_cli.errors import PecftError
+from pecft_cli.recipe import load_recipe
+
+ROWS = [{"q": "Is ice cold?", "a": "yes"}, {"q": "Is fire cold?", "a": "no"}]
+
+
+@pytest.fixture
+def tokenizer(tiny_model: Path):
+    from pecft_cli.model import load_tokenizer
+    from pecft_cli.recipe import ModelSection
+
+    return load_tokenizer(ModelSection(path=str(tiny_model)))
+
+
+def test_reads_every_local_format(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    write_jsonl(tmp_path / "d.jsonl", ROWS)
+    (tmp_path / "d.json").write_text(json.dumps(ROWS))
+    (tmp_path / "d.csv").write_text("q,a\nIs ice cold?,yes\nIs fire cold?,no\n")
+    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "d.parquet")
+    Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "saved"))
+    for name in ("d.jsonl", "d.json", "d.csv", "d.parquet", "saved"):
+        assert read_local(tmp_path / name, "t") == ROWS, name
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("bad.jsonl", '{"q": "x"}\n{"q": \n', "bad.jsonl, line 2: not valid JSON"),
+        ("list.jsonl", "[1, 2]\n", "line 1: each line must be a JSON object"),
+        ("ragged.csv", "q,a\nx,y\nx,y,z\n", "ragged.csv, line 3: the row has a different number"),
+        ("data.txt", "x", "unknown extension '.txt'"),
+        ("obj.json", '{"q": 1}', "must hold a list of objects"),
+    ],
+)
+def test_broken_files_name_file_and_line(tmp_path: Path, name: str, content: str,
+                                         expected: str) -> None:
+    (tmp_path / name).write_text(content)
+    with pytest.raises(PecftError, match="") as caught:
+        read_local(tmp_path / name, "t")
+    assert expected in str(caught.value)
+
+
+def test_non_utf8_file(tmp_path: Path) -> None:
+    (tmp_path / "latin.jsonl").write_bytes('{"q": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(PecftError, match="is not UTF-8 text"):
+        read_local(tmp_path / "latin.jsonl", "t")
+
+
+def test_prompt_tokens_are_masked_and_space_moves_to_target(recipe_file: Path, tokenizer) -> None:
+    recipe = load_recipe(recipe_file)
+    task = load_task(recipe.tasks[0], recipe, tokenizer)
+    first = task.train[0]
+    assert first.prompt == "Country: France Code:"
+    assert first.target == " FRA"
+    assert first.target_ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(first.target_ids[:-1]) == " FRA"
+    features = training_features(first)
+    assert features["labels"][: len(first.prompt_ids)] == [IGNORE_INDEX] * len(first.prompt_ids)
+    assert features["labels"][len(first.prompt_ids):] == first.target_ids
+
+
+def test_choices_are_labelled(recipe_file: Path, tokenizer) -> None:
+    recipe = load_recipe(recipe_file)
+    task = load_task(recipe.tasks[1], recipe, tokenizer)
+    assert task.metric == "choice"
+    assert task.eval[1].choices == [" yes", " no"]
+    assert task.eval[1].label == 1
+
+
+def test_target_outside_choices_names_row(recipe_file: Path, tokenizer) -> None:
+    write_jsonl(recipe_file.parent / "data/yesno/eval.jsonl", ROWS + [{"q": "Hm?", "a": "maybe"}])
+    recipe = load_recipe(recipe_file)
+    with pytest.raises(PecftError) as caught:
+        load_task(recipe.tasks[1], recipe, tokenizer)
+    assert "eval" in str(caught.value) and "row 3" in str(caught.value)
+    assert "'maybe' is not one of the choices (yes, no)" in str(caught.value)
+
+
+def test_missing_field_suggests(recipe_file: Path, tokenizer) -> None:
+    recipe = load_recipe(recipe_file, ["tasks.0.prompt=Land: {countri}"])
+    with pytest.raises(PecftError) as caught:
+        load_task(recipe.tasks[0], recipe, tokenizer)
+    assert "row 1" in str(caught.value) and "did you mean 'country'?" in str(caught.value)
+
+
+def test_empty_target_and_empty_file(recipe_file: Path, tokenizer) -> None:
+    write_jsonl(recipe_file.parent / "data/codes/eval.jsonl", [{"country": "X", "code": " "}])
+    recipe = load_recipe(recipe_file)
+    with pytest.raises(PecftError, match="row 1: the target is empty"):
+        load_task(recipe.tasks[0], recipe, tokenizer)
+    (recipe_file.parent / "data/codes/eval.jsonl").write_text("")
+    with pytest.raises(PecftError, match="holds no rows"):
+        load_task(recipe.tasks[0], recipe, tokenizer)
+
+
+def test_long_examples_are_skipped_and_counted(recipe_file: Path, tokenizer) -> None:
+    recipe = load_recipe(recipe_file, ["tasks.0.training.max_length=8"])
+    task = load_task(recipe.tasks[0], recipe, tokenizer)
+    assert task.too_long > 0
+    assert all(len(example) <= 8 for example in task.train)
+    assert task.too_long + len(task.train) == task.train_rows
+
+
+def test_chat_template_wraps_prompt(recipe_file: Path, tokenizer) -> None:
+    recipe = load_recipe(recipe_file, ["tasks.0.chat=true", "tasks.0.system=Be brief."])
+    example = load_task(recipe.tasks[0], recipe, tokenizer).train[0]
+    assert example.prompt == "<system>Be brief.</s><user>Country: France Code: </s><assistant>"
+    assert example.target == "FRA"
+
+
+def test_collate_pads_to_longest_in_batch() -> None:
+    batch = collate(
+        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}],
+        pad_id=0,
+    )
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
+    assert torch.equal(batch["attention_mask"], torch.tensor([[1, 1, 1], [1, 0, 0]]))
+
+
+def test_tokenizer_without_pad_gets_eos(tokenizer, tiny_model: Path) -> None:
+    assert AutoTokenizer.from_pretrained(tiny_model).pad_token is None
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id

@@ -85,15 +85,20 @@ def validate(recipe: RecipeArg, set_: SetOption = None) -> None:
     parsed = load_recipe(recipe, set_)
     tokenizer = load_tokenizer(parsed.model)
     tasks = prepare_tasks(parsed, tokenizer)
-    out.print(f"[bold]{parsed.name}[/]: {len(tasks)} tasks, strategy {parsed.strategy.name}, "
-              f"output {output_dir(parsed)}")
+    out.print(
+        f"[bold]{parsed.name}[/]: {len(tasks)} tasks, strategy {parsed.strategy.name}, "
+        f"output {output_dir(parsed)}"
+    )
     for index, task in enumerate(tasks, start=1):
         skipped = f" ({task.too_long} longer than max_length, skipped)" if task.too_long else ""
         limited = f" (scoring {len(task.eval)})" if len(task.eval) < task.eval_rows else ""
-        out.print(f"\n[bold]{index}. {task.name}[/]  metric {task.metric}  "
-                  f"train {task.train_rows} rows{skipped}  eval {task.eval_rows} rows{limited}")
-        out.print(f"   train: {task.sources['train']}\n   eval:  {task.sources['eval']}",
-                  highlight=False)
+        out.print(
+            f"\n[bold]{index}. {task.name}[/]  metric {task.metric}  "
+            f"train {task.train_rows} rows{skipped}  eval {task.eval_rows} rows{limited}"
+        )
+        out.print(
+            f"   train: {task.sources['train']}\n   eval:  {task.sources['eval']}", highlight=False
+        )
         first = task.train[0]
         out.print("   first example (the loss covers the target only; tokens marked ⟦ ⟧):")
         out.print(f"   prompt: {tokenizer.decode(first.prompt_ids)!r}", highlight=False)
@@ -139,13 +144,24 @@ def train(
     with TrainProgress() as progress:
         result = run(parsed, overwrite=overwrite, on_event=progress)
     if as_json:
-        print(json.dumps({"folder": str(result.folder), "tasks": result.tasks,
-                          "matrix": result.matrix, "metrics": result.metrics}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "folder": str(result.folder),
+                    "tasks": result.tasks,
+                    "matrix": result.matrix,
+                    "metrics": result.metrics,
+                },
+                indent=2,
+            )
+        )
         return
     out.print(matrix_table(result.tasks, result.matrix))
     out.print(metrics_table(result.metrics))
-    out.print(f"run folder: {result.folder} ({result.state['timings']['wall_seconds']:.0f}s)",
-              highlight=False)
+    out.print(
+        f"run folder: {result.folder} ({result.state['timings']['wall_seconds']:.0f}s)",
+        highlight=False,
+    )
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ Progress and messages go to stderr, so stdout carries only results (tables, or J
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import timedelta
 from typing import Any
@@ -12,8 +13,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-out = Console()
-err = Console(stderr=True)
+# Off a terminal (logs, pipes) rich would wrap at 80 columns and cut task names short.
+LOG_WIDTH = 160
+out = Console(width=None if sys.stdout.isatty() else LOG_WIDTH)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else LOG_WIDTH)
 
 
 def eta(seconds: float) -> str:
@@ -60,20 +63,29 @@ class TrainProgress:
             if self.progress is not None:
                 self.bar = self.progress.add_task(label, total=fields["steps"], stats="")
         elif kind == "step":
-            stats = f"loss {fields['loss']:.4f}  lr {fields['lr']:.2e}  {fields['tokens_per_s']:.0f} tok/s"
+            stats = (
+                f"loss {fields['loss']:.4f}  lr {fields['lr']:.2e}  "
+                f"{fields['tokens_per_s']:.0f} tok/s"
+            )
             if self.progress is not None:
                 self.progress.update(self.bar, completed=fields["step"], stats=stats)
             else:
                 spent = time.perf_counter() - self.task_started
                 remaining = spent / fields["step"] * (fields["steps"] - fields["step"])
-                self.line(f"{fields['task']} step {fields['step']}/{fields['steps']}  {stats}  "
-                          f"ETA {eta(remaining)}")
+                self.line(
+                    f"{fields['task']} step {fields['step']}/{fields['steps']}  {stats}  "
+                    f"ETA {eta(remaining)}"
+                )
         elif kind == "task_end":
             if self.progress is not None:
                 self.progress.remove_task(self.bar)
-            self.line(f"{fields['task']}: trained in {fields['seconds']:.1f}s, loss "
-                      f"{fields['first_loss']:.4f} -> {fields['last_loss']:.4f}, "
-                      f"{fields['tokens_per_s']:.0f} tok/s")
+            self.line(
+                f"{fields['task']}: trained in {fields['seconds']:.1f}s, loss "
+                f"{fields['first_loss']:.4f} -> {fields['last_loss']:.4f}, "
+                f"{fields['tokens_per_s']:.0f} tok/s"
+            )
         elif kind == "eval":
-            self.line(f"eval after {fields['stage']}: {fields['task']} {fields['metric']} = "
-                      f"{100 * fields['score']:.1f}% ({fields['seconds']:.1f}s)")
+            self.line(
+                f"eval after {fields['stage']}: {fields['task']} {fields['metric']} = "
+                f"{100 * fields['score']:.1f}% ({fields['seconds']:.1f}s)"
+            )

@@ -124,7 +124,9 @@ def read_json(path: Path) -> list[dict[str, Any]]:
     except json.JSONDecodeError as exc:
         raise PecftError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}).") from None
     if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
-        raise PecftError(f"{path}: a .json data file must hold a list of objects with named fields.")
+        raise PecftError(
+            f"{path}: a .json data file must hold a list of objects with named fields."
+        )
     return data
 
 
@@ -159,7 +161,9 @@ def read_saved(folder: Path, split: str | None, where: str) -> list[dict[str, An
     try:
         data = load_from_disk(str(folder))
     except (FileNotFoundError, ValueError) as exc:
-        raise PecftError(f"{where}: {folder} is not a `datasets.save_to_disk` folder ({exc}).") from None
+        raise PecftError(
+            f"{where}: {folder} is not a `datasets.save_to_disk` folder ({exc})."
+        ) from None
     if isinstance(data, Dataset):
         return data.to_list()
     splits = list(data.keys())
@@ -202,8 +206,9 @@ def render(template: str, row: dict[str, Any], where: str, what: str) -> str:
     return template.format_map(row)
 
 
-def prompt_text(task: TaskSection, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase,
-                where: str) -> str:
+def prompt_text(
+    task: TaskSection, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, where: str
+) -> str:
     """The prompt as the model reads it, wrapped in the chat template when the task asks."""
     text = render(task.prompt, row, where, "prompt")
     if not task.chat:
@@ -223,15 +228,20 @@ def split_space(prompt: str, answer: str) -> tuple[str, str]:
     """Move the prompt's trailing whitespace onto the answer, as lm-evaluation-harness does,
     so that "Answer: " + "Paris" is tokenized as "Answer:" + " Paris"."""
     stripped = prompt.rstrip()
-    return stripped, prompt[len(stripped):] + answer
+    return stripped, prompt[len(stripped) :] + answer
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str, special: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=special)["input_ids"]
 
 
-def build_example(task: TaskSection, row: dict[str, Any], number: int,
-                  tokenizer: PreTrainedTokenizerBase, where: str) -> Example:
+def build_example(
+    task: TaskSection,
+    row: dict[str, Any],
+    number: int,
+    tokenizer: PreTrainedTokenizerBase,
+    where: str,
+) -> Example:
     """Render and tokenize one row; the target ends with the end-of-sequence token."""
     prompt = prompt_text(task, row, tokenizer, where)
     target = render(task.target_template(), row, where, "target")
@@ -290,8 +300,13 @@ def load_task(task: TaskSection, recipe: Recipe, tokenizer: PreTrainedTokenizerB
                 f"{split} examples."
             )
         splits[split] = [
-            build_example(task, row, number, tokenizer,
-                          f"tasks '{task.name}' {split} ({described}), row {number}")
+            build_example(
+                task,
+                row,
+                number,
+                tokenizer,
+                f"tasks '{task.name}' {split} ({described}), row {number}",
+            )
             for number, row in enumerate(rows, start=1)
         ]
         sources[split] = described

@@ -40,8 +40,12 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def score_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: TaskData,
-               config: EvaluationSection) -> TaskScore:
+def score_task(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: TaskData,
+    config: EvaluationSection,
+) -> TaskScore:
     """Score one task with the model as it stands (eval mode, no gradients)."""
     was_training = model.training
     model.eval()
@@ -57,19 +61,27 @@ def score_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data:
     return TaskScore(data.name, data.metric, score, predictions)
 
 
-def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                     examples: list[Example], config: EvaluationSection) -> list[dict[str, Any]]:
+def generate_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    config: EvaluationSection,
+) -> list[dict[str, Any]]:
     """Greedy answers in length-sorted, left-padded batches; output order follows the input."""
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids))
     answers: dict[int, str] = {}
     for start in range(0, len(order), config.batch_size):
-        chunk = order[start:start + config.batch_size]
+        chunk = order[start : start + config.batch_size]
         width = max(len(examples[i].prompt_ids) for i in chunk)
-        ids = [[pad_id] * (width - len(examples[i].prompt_ids)) + examples[i].prompt_ids for i in chunk]
-        mask = [[0] * (width - len(examples[i].prompt_ids)) + [1] * len(examples[i].prompt_ids)
-                for i in chunk]
+        ids = [
+            [pad_id] * (width - len(examples[i].prompt_ids)) + examples[i].prompt_ids for i in chunk
+        ]
+        mask = [
+            [0] * (width - len(examples[i].prompt_ids)) + [1] * len(examples[i].prompt_ids)
+            for i in chunk
+        ]
         output = model.generate(
             input_ids=torch.tensor(ids, device=device),
             attention_mask=torch.tensor(mask, device=device),
@@ -80,7 +92,7 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             stop_strings=[STOP],
             tokenizer=tokenizer,
         )
-        for row, i in zip(output[:, width:].tolist(), chunk):
+        for row, i in zip(output[:, width:].tolist(), chunk, strict=True):
             text = tokenizer.decode(row, skip_special_tokens=True)
             answers[i] = text.split(STOP, 1)[0].strip()
     return [
@@ -95,24 +107,29 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     ]
 
 
-def rank_choices(model: PreTrainedModel, examples: list[Example],
-                 batch_size: int) -> list[dict[str, Any]]:
+def rank_choices(
+    model: PreTrainedModel, examples: list[Example], batch_size: int
+) -> list[dict[str, Any]]:
     """Sum of log-probabilities of each choice's tokens after the prompt; best choice wins."""
     device = next(model.parameters()).device
     pairs = [(i, c) for i, ex in enumerate(examples) for c in range(len(ex.choices or []))]
     pairs.sort(key=lambda p: len(examples[p[0]].prompt_ids) + len(examples[p[0]].choice_ids[p[1]]))
     logprob: dict[tuple[int, int], float] = {}
     for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
+        chunk = pairs[start : start + batch_size]
         sequences = [examples[i].prompt_ids + examples[i].choice_ids[c] for i, c in chunk]
         width = max(len(s) for s in sequences)
         ids = torch.tensor([s + [0] * (width - len(s)) for s in sequences], device=device)
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
+        mask = torch.tensor(
+            [[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device
+        )
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         for row, (i, c) in enumerate(chunk):
             start_pos = len(examples[i].prompt_ids)
             choice = examples[i].choice_ids[c]
-            scores = torch.log_softmax(logits[row, start_pos - 1:start_pos - 1 + len(choice)], dim=-1)
+            scores = torch.log_softmax(
+                logits[row, start_pos - 1 : start_pos - 1 + len(choice)], dim=-1
+            )
             picked = scores.gather(1, torch.tensor(choice, device=device).unsqueeze(1))
             logprob[(i, c)] = picked.sum().item()
     results = []
@@ -121,13 +138,15 @@ def rank_choices(model: PreTrainedModel, examples: list[Example],
         sums = [logprob[(i, c)] for c in range(len(choices))]
         best = max(range(len(choices)), key=lambda c: sums[c])
         best_norm = max(range(len(choices)), key=lambda c: sums[c] / max(len(choices[c]), 1))
-        results.append({
-            "row": example.row,
-            "input": example.prompt,
-            "target": example.target.strip(),
-            "prediction": choices[best].strip(),
-            "correct": best == example.label,
-            "correct_norm": best_norm == example.label,
-            "logprobs": [round(s, 4) for s in sums],
-        })
+        results.append(
+            {
+                "row": example.row,
+                "input": example.prompt,
+                "target": example.target.strip(),
+                "prediction": choices[best].strip(),
+                "correct": best == example.label,
+                "correct_norm": best_norm == example.label,
+                "logprobs": [round(s, 4) for s in sums],
+            }
+        )
     return results

@@ -28,7 +28,7 @@ def continual_metrics(
         raise ValueError(f"the base row has {len(base)} scores for {size} tasks")
     last = matrix[-1]
     earlier = range(size - 1)
-    forgetting = [max(matrix[l][j] for l in earlier) - last[j] for j in earlier]
+    forgetting = [max(matrix[stage][j] for stage in earlier) - last[j] for j in earlier]
     per_task = {}
     for j, name in enumerate(tasks):
         per_task[name] = {

@@ -31,7 +31,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def cache_root() -> Path:
-    """Where converted models live: $PECFT_CACHE, else $XDG_CACHE_HOME/pecft, else ~/.cache/pecft."""
+    """Where converted models live: $PECFT_CACHE, else $XDG_CACHE_HOME/pecft or ~/.cache/pecft."""
     if os.environ.get("PECFT_CACHE"):
         return Path(os.environ["PECFT_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -121,7 +121,9 @@ def load_tokenizer(section: ModelSection) -> PreTrainedTokenizerBase:
             "local cache."
         ) from None
     if tokenizer.eos_token_id is None:
-        raise PecftError(f"model.path: the tokenizer of '{section.path}' has no end-of-sequence token.")
+        raise PecftError(
+            f"model.path: the tokenizer of '{section.path}' has no end-of-sequence token."
+        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

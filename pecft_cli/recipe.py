@@ -213,7 +213,9 @@ def template_fields(template: str) -> list[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ValueError(f"not a valid template ({exc}); write literal braces as {{{{ and }}}}")
+        raise ValueError(
+            f"not a valid template ({exc}); write literal braces as {{{{ and }}}}"
+        ) from None
     names = []
     for _, field, _, _ in parsed:
         if field is None:
@@ -370,10 +372,14 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if isinstance(node, list):
             index = list_index(node, part, here)
             if last:
-                raise PecftError(f"--set {key}: cannot replace a whole list item; set one of its keys.")
+                raise PecftError(
+                    f"--set {key}: cannot replace a whole list item; set one of its keys."
+                )
             node = node[index]
             continue
-        fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else None
+        fields = (
+            model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else None
+        )
         if fields is None:
             if isinstance(node, dict) and last:
                 annotation = Any
@@ -387,7 +393,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         else:
             annotation = fields[part].annotation
         if not isinstance(node, dict):
-            raise PecftError(f"--set {key}: '{'.'.join(parts[:i])}' is not a mapping in the recipe.")
+            raise PecftError(
+                f"--set {key}: '{'.'.join(parts[:i])}' is not a mapping in the recipe."
+            )
         if last:
             node[part] = text if takes_text(annotation) else parse_value(text)
             return

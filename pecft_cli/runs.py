@@ -94,7 +94,9 @@ def open_run_folder(root: Path, overwrite: bool) -> RunFolder:
     """
     folder = RunFolder(root)
     if root.exists() and not root.is_dir():
-        raise PecftError(f"output_dir: {root} exists and is not a folder; choose another output_dir.")
+        raise PecftError(
+            f"output_dir: {root} exists and is not a folder; choose another output_dir."
+        )
     if root.is_dir() and any(root.iterdir()):
         if not folder.state.is_file():
             raise PecftError(
@@ -191,6 +193,11 @@ def new_state(name: str, seed: int, strategy: str, tasks: list[str]) -> dict[str
         "finished_at": None,
         "command": sys.argv,
         "versions": library_versions(),
-        "timings": {"load_seconds": None, "train_seconds": {}, "eval_seconds": {}, "wall_seconds": None},
+        "timings": {
+            "load_seconds": None,
+            "train_seconds": {},
+            "eval_seconds": {},
+            "wall_seconds": None,
+        },
         "training": {},
     }

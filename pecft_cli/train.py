@@ -70,7 +70,28 @@ def run(recipe: Recipe, *, overwrite: bool = False, on_event: EventCallback = ig
     names = [task.name for task in tasks]
     state = runs.new_state(recipe.name, recipe.seed, recipe.strategy.name, names)
     runs.write_json(folder.state, state)
+    try:
+        return train_stream(recipe, tokenizer, tasks, strategy, folder, state, started, on_event)
+    except BaseException as exc:
+        state["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        state["error"] = f"{type(exc).__name__}: {exc}"
+        state["finished_at"] = runs.now()
+        runs.write_json(folder.state, state)
+        raise
 
+
+def train_stream(
+    recipe: Recipe,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: list[TaskData],
+    strategy: Strategy,
+    folder: runs.RunFolder,
+    state: dict[str, Any],
+    started: float,
+    on_event: EventCallback,
+) -> RunResult:
+    """Load the model, score the base row, then train and score task after task."""
+    names = [task.name for task in tasks]
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     on_event("status", {"message": f"loading model {recipe.model.path}"})
     model = strategy.attach(load_model(recipe.model, accelerator.device))
@@ -80,26 +101,42 @@ def run(recipe: Recipe, *, overwrite: bool = False, on_event: EventCallback = ig
 
     matrix: dict[str, list[float | None]] = {}
     with accelerator.unwrap_model(model).disable_adapter():
-        matrix["base"] = evaluate_stage(accelerator, model, tokenizer, tasks, recipe, folder,
-                                        "base", state, on_event)
+        matrix["base"] = evaluate_stage(
+            accelerator, model, tokenizer, tasks, recipe, folder, "base", state, on_event
+        )
     runs.write_matrix(folder, names, matrix)
 
     for index, task in enumerate(tasks):
         settings = recipe.task_training(recipe.tasks[index])
         strategy.before_task(accelerator.unwrap_model(model), index, task.name)
         examples = strategy.train_examples(index, task.train)
-        summary = train_task(accelerator, model, tokenizer, strategy, task.name, index,
-                             len(tasks), examples, settings, recipe.seed + index, folder, on_event)
+        summary = train_task(
+            accelerator,
+            model,
+            tokenizer,
+            strategy,
+            task.name,
+            index,
+            len(tasks),
+            examples,
+            settings,
+            recipe.seed + index,
+            folder,
+            on_event,
+        )
         strategy.after_task(accelerator.unwrap_model(model), index, examples)
 
         if accelerator.is_main_process:
-            runs.write_folder(folder.adapter(index, task.name),
-                              partial(strategy.save_adapter, accelerator.unwrap_model(model)))
+            runs.write_folder(
+                folder.adapter(index, task.name),
+                partial(strategy.save_adapter, accelerator.unwrap_model(model)),
+            )
         state["training"][task.name] = summary
         state["timings"]["train_seconds"][task.name] = summary["seconds"]
 
-        matrix[task.name] = evaluate_stage(accelerator, model, tokenizer, tasks, recipe, folder,
-                                           task.name, state, on_event)
+        matrix[task.name] = evaluate_stage(
+            accelerator, model, tokenizer, tasks, recipe, folder, task.name, state, on_event
+        )
         runs.write_matrix(folder, names, matrix)
         state["tasks_done"].append(task.name)
         runs.write_json(folder.state, state)
@@ -114,10 +151,20 @@ def run(recipe: Recipe, *, overwrite: bool = False, on_event: EventCallback = ig
     return RunResult(folder.root, names, matrix, metrics, state)
 
 
-def train_task(accelerator: Accelerator, model: PeftModel, tokenizer: PreTrainedTokenizerBase,
-               strategy: Strategy, name: str, index: int, total: int, examples: list,
-               settings: TrainingSection, seed: int, folder: runs.RunFolder,
-               on_event: EventCallback) -> dict[str, Any]:
+def train_task(
+    accelerator: Accelerator,
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    strategy: Strategy,
+    name: str,
+    index: int,
+    total: int,
+    examples: list,
+    settings: TrainingSection,
+    seed: int,
+    folder: runs.RunFolder,
+    on_event: EventCallback,
+) -> dict[str, Any]:
     """Optimise the trainable LoRA weights on one task's examples; returns the task's summary."""
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
@@ -132,8 +179,10 @@ def train_task(accelerator: Accelerator, model: PeftModel, tokenizer: PreTrained
     optimizer, loader = accelerator.prepare(optimizer, loader)
     steps = settings.max_steps or math.ceil(len(loader) / settings.grad_accum) * settings.epochs
     scheduler = get_scheduler(settings.scheduler, optimizer, settings.warmup_steps, steps)
-    on_event("task_start", {"index": index, "total": total, "task": name, "steps": steps,
-                            "examples": len(examples)})
+    on_event(
+        "task_start",
+        {"index": index, "total": total, "task": name, "steps": steps, "examples": len(examples)},
+    )
 
     model.train()
     batches = endless(loader)
@@ -197,10 +246,17 @@ def endless(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
         epoch += 1
 
 
-def evaluate_stage(accelerator: Accelerator, model: PeftModel,
-                   tokenizer: PreTrainedTokenizerBase, tasks: list[TaskData], recipe: Recipe,
-                   folder: runs.RunFolder, stage: str, state: dict[str, Any],
-                   on_event: EventCallback) -> list[float | None]:
+def evaluate_stage(
+    accelerator: Accelerator,
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: list[TaskData],
+    recipe: Recipe,
+    folder: runs.RunFolder,
+    stage: str,
+    state: dict[str, Any],
+    on_event: EventCallback,
+) -> list[float | None]:
     """Score every task with the model as it stands; one row of the matrix."""
     started = time.perf_counter()
     unwrapped = accelerator.unwrap_model(model)
@@ -210,9 +266,16 @@ def evaluate_stage(accelerator: Accelerator, model: PeftModel,
         result = score_task(unwrapped, tokenizer, task, recipe.evaluation)
         if accelerator.is_main_process:
             runs.write_jsonl(folder.predictions(stage, task.name), result.predictions)
-        on_event("eval", {"stage": stage, "task": task.name, "metric": result.metric,
-                          "score": result.score,
-                          "seconds": round(time.perf_counter() - task_started, 2)})
+        on_event(
+            "eval",
+            {
+                "stage": stage,
+                "task": task.name,
+                "metric": result.metric,
+                "score": result.score,
+                "seconds": round(time.perf_counter() - task_started, 2),
+            },
+        )
         row.append(result.score)
     state["timings"]["eval_seconds"][stage] = round(time.perf_counter() - started, 2)
     return row

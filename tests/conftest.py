@@ -73,10 +73,24 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-COUNTRIES = [("France", "FRA"), ("Japan", "JPN"), ("Spain", "ESP"), ("Peru", "PER"),
-             ("Chile", "CHL"), ("Egypt", "EGY"), ("Kenya", "KEN"), ("Nepal", "NPL")]
-ANSWERS = [("Is ice cold?", "yes"), ("Is fire cold?", "no"), ("Is snow white?", "yes"),
-           ("Is coal white?", "no"), ("Is the sea wet?", "yes"), ("Is sand wet?", "no")]
+COUNTRIES = [
+    ("France", "FRA"),
+    ("Japan", "JPN"),
+    ("Spain", "ESP"),
+    ("Peru", "PER"),
+    ("Chile", "CHL"),
+    ("Egypt", "EGY"),
+    ("Kenya", "KEN"),
+    ("Nepal", "NPL"),
+]
+ANSWERS = [
+    ("Is ice cold?", "yes"),
+    ("Is fire cold?", "no"),
+    ("Is snow white?", "yes"),
+    ("Is coal white?", "no"),
+    ("Is the sea wet?", "yes"),
+    ("Is sand wet?", "no"),
+]
 
 
 @pytest.fixture
@@ -84,7 +98,9 @@ def recipe_file(tmp_path: Path, tiny_model: Path) -> Path:
     """A two-task recipe (a generation task and a choice task) on the tiny model."""
     data = tmp_path / "data"
     write_jsonl(data / "codes" / "train.jsonl", [{"country": c, "code": k} for c, k in COUNTRIES])
-    write_jsonl(data / "codes" / "eval.jsonl", [{"country": c, "code": k} for c, k in COUNTRIES[:4]])
+    write_jsonl(
+        data / "codes" / "eval.jsonl", [{"country": c, "code": k} for c, k in COUNTRIES[:4]]
+    )
     write_jsonl(data / "yesno" / "train.jsonl", [{"q": q, "a": a} for q, a in ANSWERS])
     write_jsonl(data / "yesno" / "eval.jsonl", [{"q": q, "a": a} for q, a in ANSWERS[:4]])
     recipe = {
@@ -96,12 +112,42 @@ def recipe_file(tmp_path: Path, tiny_model: Path) -> Path:
         "training": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "log_every": 1},
         "evaluation": {"batch_size": 3, "max_new_tokens": 4},
         "tasks": [
-            {"name": "codes", "train": "data/codes/train.jsonl", "eval": "data/codes/eval.jsonl",
-             "prompt": "Country: {country} Code: ", "target": "code"},
-            {"name": "yesno", "train": "data/yesno/train.jsonl", "eval": "data/yesno/eval.jsonl",
-             "prompt": "{q} ", "target": "{a}", "choices": ["yes", "no"]},
+            {
+                "name": "codes",
+                "train": "data/codes/train.jsonl",
+                "eval": "data/codes/eval.jsonl",
+                "prompt": "Country: {country} Code: ",
+                "target": "code",
+            },
+            {
+                "name": "yesno",
+                "train": "data/yesno/train.jsonl",
+                "eval": "data/yesno/eval.jsonl",
+                "prompt": "{q} ",
+                "target": "{a}",
+                "choices": ["yes", "no"],
+            },
         ],
     }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
     return path
+
+
+def rescore_with_stock_peft(run: Path, stage: int) -> list[float]:
+    """Score every task with adapters/<stage>-* loaded by plain `PeftModel.from_pretrained`."""
+    from peft import PeftModel
+
+    from pecft_cli.evaluate import score_task
+    from pecft_cli.model import load_model, load_tokenizer
+    from pecft_cli.recipe import load_recipe
+    from pecft_cli.train import prepare_tasks
+
+    recipe = load_recipe(run / "recipe.yaml")
+    tokenizer = load_tokenizer(recipe.model)
+    (adapter,) = (run / "adapters").glob(f"{stage:02d}-*")
+    model = PeftModel.from_pretrained(load_model(recipe.model), adapter)
+    return [
+        score_task(model, tokenizer, task, recipe.evaluation).score
+        for task in prepare_tasks(recipe, tokenizer)
+    ]

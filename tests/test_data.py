@@ -45,10 +45,11 @@ def test_reads_every_local_format(tmp_path: Path) -> None:
         ("obj.json", '{"q": 1}', "must hold a list of objects"),
     ],
 )
-def test_broken_files_name_file_and_line(tmp_path: Path, name: str, content: str,
-                                         expected: str) -> None:
+def test_broken_files_name_file_and_line(
+    tmp_path: Path, name: str, content: str, expected: str
+) -> None:
     (tmp_path / name).write_text(content)
-    with pytest.raises(PecftError, match="") as caught:
+    with pytest.raises(PecftError) as caught:
         read_local(tmp_path / name, "t")
     assert expected in str(caught.value)
 
@@ -69,7 +70,7 @@ def test_prompt_tokens_are_masked_and_space_moves_to_target(recipe_file: Path, t
     assert tokenizer.decode(first.target_ids[:-1]) == " FRA"
     features = training_features(first)
     assert features["labels"][: len(first.prompt_ids)] == [IGNORE_INDEX] * len(first.prompt_ids)
-    assert features["labels"][len(first.prompt_ids):] == first.target_ids
+    assert features["labels"][len(first.prompt_ids) :] == first.target_ids
 
 
 def test_choices_are_labelled(recipe_file: Path, tokenizer) -> None:

@@ -29,7 +29,7 @@ def test_hand_worked_three_tasks() -> None:
 
 
 def test_forgetting_uses_the_best_earlier_score_not_the_diagonal() -> None:
-    # task a peaks after task b, so max-form forgetting (0.9 - 0.5) exceeds diagonal-form (0.6 - 0.5)
+    # task a peaks after task b: max-form forgetting (0.9 - 0.5) exceeds diagonal-form (0.6 - 0.5)
     m = continual_metrics(["a", "b", "c"], [[0.6, 0, 0], [0.9, 1, 0], [0.5, 1, 1]], None)
     assert m["tasks"]["a"]["forgetting"] == pytest.approx(0.4)
     assert m["bwt"] == pytest.approx(((0.5 - 0.6) + 0) / 2)

@@ -13,6 +13,7 @@ import random
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
+from fractions import Fraction
 from importlib.metadata import version
 from pathlib import Path
 
@@ -51,6 +52,34 @@ COARSE_CATEGORY = {
 }
 UNICODE_TRAIN_PER_CLASS = 60
 UNICODE_EVAL_PER_CLASS = 12
+
+# Blocks rich in characters that carry a numeric value: ASCII and Arabic-Indic digits,
+# superscripts, number forms (fractions, Roman numerals), circled and dingbat numbers.
+NUMERIC_RANGES = (
+    (0x0030, 0x0039),
+    (0x00B2, 0x00BE),
+    (0x0660, 0x0669),
+    (0x0966, 0x096F),
+    (0x2070, 0x2089),
+    (0x2150, 0x218B),
+    (0x2460, 0x24FF),
+    (0x2776, 0x2793),
+    (0x3251, 0x325F),
+    (0x32B1, 0x32BF),
+)
+NUMERIC_EVAL = 40
+
+# Alphabets with case: Latin (with its extensions), Greek, Cyrillic, Armenian.
+CASED_RANGES = (
+    (0x0041, 0x005A),
+    (0x00C0, 0x024F),
+    (0x0370, 0x03FF),
+    (0x0400, 0x052F),
+    (0x0531, 0x0556),
+    (0x1E00, 0x1EFF),
+)
+LOWERCASE_TRAIN = 240
+LOWERCASE_EVAL = 50
 
 
 def drop_ambiguous(records: list[Record], input_field: str) -> list[Record]:
@@ -128,11 +157,43 @@ def unicode_category() -> Split:
     return shuffled(train, "codepoint"), shuffled(eval_, "codepoint")
 
 
+def char_record(ch: str) -> Record:
+    """The fields every Unicode task shares: the character, its code point and its name."""
+    return {"char": ch, "codepoint": f"U+{ord(ch):04X}", "name": unicodedata.name(ch)}
+
+
+def numeric_value() -> Split:
+    """Character -> its numeric value, written as an integer or a fraction such as 3/4."""
+    records = []
+    for start, end in NUMERIC_RANGES:
+        for cp in range(start, end + 1):
+            value = unicodedata.numeric(chr(cp), None)
+            if value is None:
+                continue
+            fraction = Fraction(value).limit_denominator(1000)
+            records.append({**char_record(chr(cp)), "value": str(fraction)})
+    return split_eval_first(records, "codepoint", NUMERIC_EVAL)
+
+
+def lowercase() -> Split:
+    """Capital letter -> its lowercase form, where that is one other character."""
+    records = []
+    for start, end in CASED_RANGES:
+        for cp in range(start, end + 1):
+            ch = chr(cp)
+            if unicodedata.category(ch) == "Lu" and len(ch.lower()) == 1 and ch.lower() != ch:
+                records.append({**char_record(ch), "lowercase": ch.lower()})
+    train, eval_ = split_eval_first(records, "codepoint", LOWERCASE_EVAL)
+    return train[:LOWERCASE_TRAIN], eval_
+
+
 TASKS: dict[str, Callable[[], Split]] = {
     "currency_code": currency_code,
     "country_code": country_code,
     "language_code": language_code,
     "unicode_category": unicode_category,
+    "numeric_value": numeric_value,
+    "lowercase": lowercase,
 }
 
 

@@ -1,0 +1,147 @@
+"""The command line end to end on the tiny model: exit codes, messages, the run folder contract."""
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import write_jsonl
+from typer.testing import CliRunner
+
+from pecft_cli.app import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_validate_shows_tasks_and_marked_first_example(recipe_file: Path) -> None:
+    result = invoke("validate", recipe_file)
+    assert result.exit_code == 0, result.output
+    assert "1. codes  metric exact_match  train 8 rows  eval 4 rows" in result.output
+    assert "prompt: 'Country: France Code:'" in result.output
+    assert "⟦ĠFRA·</s>⟧" in result.output
+    assert "choices: [' yes', ' no']" in result.output
+    assert not (recipe_file.parent / "run").exists()
+
+
+def test_train_writes_the_run_folder_contract(recipe_file: Path) -> None:
+    result = invoke("train", recipe_file)
+    assert result.exit_code == 0, result.output
+    run = recipe_file.parent / "run"
+    assert (run / "adapters/01-codes/adapter_config.json").is_file()
+    assert (run / "adapters/02-yesno/adapter_model.safetensors").is_file()
+    with (run / "eval/matrix.csv").open() as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["stage", "codes", "yesno"]
+    assert [r[0] for r in rows[1:]] == ["base", "codes", "yesno"]
+    assert all(0.0 <= float(v) <= 1.0 for r in rows[1:] for v in r[1:])
+    metrics = json.loads((run / "eval/metrics.json").read_text())
+    assert {"acc", "bwt", "fwt", "forgetting", "tasks"} <= set(metrics)
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "completed"
+    assert state["tasks_done"] == ["codes", "yesno"]
+    assert state["seed"] == 3
+    assert {"torch", "transformers", "peft", "accelerate"} <= set(state["versions"])
+    log = [json.loads(line) for line in (run / "logs/train.jsonl").read_text().splitlines()]
+    assert [(e["task"], e["step"]) for e in log] == [("codes", s) for s in (1, 2, 3)] + [
+        ("yesno", s) for s in (1, 2, 3)
+    ]
+    assert all({"loss", "lr", "tokens_per_s"} <= set(e) for e in log)
+    predictions = (run / "eval/predictions/codes/codes.jsonl").read_text().splitlines()
+    assert len(predictions) == 4
+    assert {"input", "target", "prediction", "correct"} <= set(json.loads(predictions[0]))
+    resolved = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert resolved["output_dir"] == str(run)
+    assert Path(resolved["tasks"][0]["train"]).is_absolute()
+
+
+def test_resolved_recipe_reruns_to_the_same_matrix(recipe_file: Path) -> None:
+    assert invoke("train", recipe_file).exit_code == 0
+    run = recipe_file.parent / "run"
+    first = (run / "eval/matrix.csv").read_text()
+    result = invoke("train", run / "recipe.yaml", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (run / "eval/matrix.csv").read_text() == first
+
+
+def test_existing_run_is_refused_without_overwrite(recipe_file: Path) -> None:
+    assert invoke("train", recipe_file).exit_code == 0
+    run = recipe_file.parent / "run"
+    before = snapshot(run)
+    result = invoke("train", recipe_file)
+    assert result.exit_code == 2
+    assert "already holds a run; pass --overwrite" in result.output
+    assert snapshot(run) == before
+
+
+def test_overwrite_never_empties_a_folder_that_is_not_a_run(recipe_file: Path) -> None:
+    run = recipe_file.parent / "run"
+    run.mkdir()
+    (run / "thesis.tex").write_text("precious")
+    result = invoke("train", recipe_file, "--overwrite")
+    assert result.exit_code == 2
+    assert "not a pecft run" in result.output
+    assert (run / "thesis.tex").read_text() == "precious"
+
+
+def break_data_file(recipe: Path) -> list[str]:
+    (recipe.parent / "data/codes/train.jsonl").unlink()
+    return []
+
+
+def empty_dataset(recipe: Path) -> list[str]:
+    (recipe.parent / "data/yesno/eval.jsonl").write_text("")
+    return []
+
+
+def missing_field(recipe: Path) -> list[str]:
+    write_jsonl(recipe.parent / "data/codes/train.jsonl", [{"country": "France"}])
+    return []
+
+
+BAD_INPUTS = {
+    "unknown key": (
+        lambda r: ["--set", "tasks.0.promt=x"],
+        "unknown key 'promt'; did you mean 'prompt'?",
+    ),
+    "wrong type": (lambda r: ["--set", "training.epochs=two"], "training.epochs"),
+    "missing data file": (lambda r: break_data_file(r), "data file"),
+    "template field missing": (lambda r: missing_field(r), "names the field 'code'"),
+    "empty dataset": (lambda r: empty_dataset(r), "holds no rows"),
+    "unknown model path": (
+        lambda r: ["--set", "model.path=/no/such/model"],
+        "model.path: /no/such/model",
+    ),
+    "bad --set path": (lambda r: ["--set", "lora.rank=4"], "unknown key 'rank'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("command", ["validate", "train"])
+def test_bad_input_exits_2_with_message_and_leaves_run_untouched(
+    recipe_file: Path, case: str, command: str
+) -> None:
+    assert invoke("train", recipe_file).exit_code == 0
+    run = recipe_file.parent / "run"
+    before = snapshot(run)
+    make_bad, expected = BAD_INPUTS[case]
+    extra = make_bad(recipe_file)
+    result = invoke(command, recipe_file, *extra, *(["--overwrite"] if command == "train" else []))
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert "\nerror: " in "\n" + result.output
+    assert "Traceback" not in result.output
+    assert snapshot(run) == before

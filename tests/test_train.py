@@ -1,0 +1,86 @@
+"""The task loop on the tiny model: adapters that stock PEFT reloads, and seeded determinism."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import rescore_with_stock_peft
+from safetensors.torch import load_file
+
+from pecft_cli.recipe import load_recipe, output_dir
+from pecft_cli.runs import read_matrix
+from pecft_cli.train import run
+
+
+def test_each_adapter_reloaded_by_stock_peft_reproduces_its_matrix_row(recipe_file: Path) -> None:
+    result = run(load_recipe(recipe_file, ["training.max_steps=6"]))
+    tasks, rows = read_matrix(result.folder / "eval/matrix.csv")
+    assert tasks == ["codes", "yesno"]
+    for stage, name in enumerate(tasks, start=1):
+        assert rescore_with_stock_peft(result.folder, stage) == rows[name]
+
+
+def test_training_changes_the_adapter_and_lowers_the_loss(recipe_file: Path) -> None:
+    result = run(load_recipe(recipe_file, ["training.max_steps=20"]))
+    summary = result.state["training"]["codes"]
+    assert summary["last_loss"] < summary["first_loss"]
+    weights = load_file(result.folder / "adapters/01-codes/adapter_model.safetensors")
+    assert any(
+        key.endswith("lora_B.weight") and value.abs().sum() > 0 for key, value in weights.items()
+    )
+
+
+def test_same_seed_gives_identical_adapters(recipe_file: Path, tmp_path: Path) -> None:
+    first = run(load_recipe(recipe_file, [f"output_dir={tmp_path / 'a'}"]))
+    second = run(load_recipe(recipe_file, [f"output_dir={tmp_path / 'b'}"]))
+    for adapter in ("01-codes", "02-yesno"):
+        a = load_file(first.folder / "adapters" / adapter / "adapter_model.safetensors")
+        b = load_file(second.folder / "adapters" / adapter / "adapter_model.safetensors")
+        assert a.keys() == b.keys()
+        assert all(a[key].equal(b[key]) for key in a)
+    assert first.matrix == second.matrix
+
+
+def test_progress_events_follow_the_loop(recipe_file: Path) -> None:
+    events: list[tuple[str, dict]] = []
+    run(load_recipe(recipe_file), on_event=lambda kind, fields: events.append((kind, fields)))
+    kinds = [kind for kind, _ in events if kind != "status"]
+    assert kinds == (
+        ["eval"] * 2
+        + ["task_start"]
+        + ["step"] * 3
+        + ["task_end"]
+        + ["eval"] * 2
+        + ["task_start"]
+        + ["step"] * 3
+        + ["task_end"]
+        + ["eval"] * 2
+    )
+    steps = [fields for kind, fields in events if kind == "step"]
+    assert all(fields["tokens_per_s"] > 0 for fields in steps)
+
+
+def test_a_failure_mid_run_is_recorded_and_keeps_the_finished_stages(
+    recipe_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pecft_cli.train as train
+
+    original = train.train_task
+
+    def fail_on_second_task(*args: object, **kwargs: object) -> dict:
+        if args[5] == 1:
+            raise RuntimeError("disk full")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_task", fail_on_second_task)
+    recipe = load_recipe(recipe_file)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(recipe)
+    folder = output_dir(recipe)
+    state = json.loads((folder / "run.json").read_text())
+    assert state["status"] == "failed"
+    assert state["error"] == "RuntimeError: disk full"
+    assert state["tasks_done"] == ["codes"]
+    tasks, rows = read_matrix(folder / "eval/matrix.csv")
+    assert list(rows) == ["base", "codes"]
+    assert (folder / "adapters/01-codes/adapter_model.safetensors").is_file()

@@ -6,10 +6,12 @@ no traceback), 1 anything else.
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,7 @@ from rich.text import Text
 from pecft_cli import __version__
 from pecft_cli.console import TrainProgress, err, out
 from pecft_cli.errors import PecftError
+from pecft_cli.report import comparison_table, matrix_table, metrics_table
 
 app = typer.Typer(
     name="pecft",
@@ -56,6 +59,7 @@ def reports_errors(command: Callable[..., None]) -> Callable[..., None]:
 def quiet_libraries() -> None:
     """Keep library progress bars and advisory warnings out of pecft's own output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported, so set it first
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     from transformers.utils import logging as hf_logging
@@ -105,7 +109,8 @@ def validate(recipe: RecipeArg, set_: SetOption = None) -> None:
         out.print(f"   target: {tokenizer.decode(first.target_ids)!r}", highlight=False)
         out.print(example_tokens(tokenizer, first.prompt_ids, first.target_ids))
         if first.choices:
-            out.print(f"   choices: {first.choices}", highlight=False)
+            spoken = [tokenizer.decode(ids) for ids in first.choice_ids or []]
+            out.print(f"   choices: {spoken}", highlight=False)
     out.print("\n[green]valid[/]")
 
 
@@ -137,31 +142,140 @@ def train(
     """Train the recipe's tasks in order; write adapters, the evaluation matrix and metrics."""
     quiet_libraries()
     from pecft_cli.recipe import load_recipe
-    from pecft_cli.report import matrix_table, metrics_table
     from pecft_cli.train import run
 
     parsed = load_recipe(recipe, set_)
     with TrainProgress() as progress:
         result = run(parsed, overwrite=overwrite, on_event=progress)
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "folder": str(result.folder),
-                    "tasks": result.tasks,
-                    "matrix": result.matrix,
-                    "metrics": result.metrics,
-                },
-                indent=2,
-            )
-        )
+        print_json(result.folder, result.tasks, result.matrix, result.metrics)
         return
-    out.print(matrix_table(result.tasks, result.matrix))
-    out.print(metrics_table(result.metrics))
+    show_results(result.tasks, result.matrix, result.metrics)
     out.print(
         f"run folder: {result.folder} ({result.state['timings']['wall_seconds']:.0f}s)",
         highlight=False,
     )
+
+
+RunArg = Annotated[Path, typer.Argument(help="Run folder (a `pecft train` output_dir).")]
+
+
+def names(values: list[str] | None) -> list[str] | None:
+    """`--tasks a,b --tasks c` -> [a, b, c]."""
+    if not values:
+        return None
+    return [name for value in values for name in value.split(",") if name.strip()]
+
+
+@app.command("eval")
+@reports_errors
+def eval_(
+    run_dir: RunArg,
+    tasks: Annotated[
+        list[str] | None, typer.Option("--tasks", help="Tasks to score (names, comma-separated).")
+    ] = None,
+    stages: Annotated[
+        list[str] | None,
+        typer.Option("--stages", help="Stages to score: base, task names, or numbers (0 = base)."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Score at most this many examples per task.")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Eval batch size.")] = None,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option("--data", help="Extra eval file (rows: prompt, target[, choices])."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write (default RUN_DIR/eval, or eval-limitN)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")
+    ] = False,
+) -> None:
+    """Score a trained run again from its saved adapters; resumes an interrupted evaluation."""
+    quiet_libraries()
+    from pecft_cli.eval_run import evaluate_run
+
+    with TrainProgress() as progress:
+        result = evaluate_run(
+            run_dir,
+            tasks=names(tasks),
+            stages=names(stages),
+            limit=limit,
+            batch_size=batch_size,
+            data=data,
+            out=out_dir,
+            on_event=progress,
+        )
+    if as_json:
+        print_json(
+            result.out,
+            result.tasks,
+            result.matrix,
+            result.metrics,
+            extra={"tasks": result.extra_names, "matrix": result.extra},
+            resumed_cells=result.resumed_cells,
+        )
+        return
+    show_results(result.tasks, result.matrix, result.metrics)
+    if result.extra:
+        out.print(matrix_table(result.extra_names, result.extra, "Extra eval sets (%)"))
+    resumed = f", {result.resumed_cells} cells resumed" if result.resumed_cells else ""
+    out.print(f"results: {result.out} ({result.seconds:.0f}s{resumed})", highlight=False)
+
+
+@app.command()
+@reports_errors
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One run folder, or several to compare.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
+) -> None:
+    """Show one run's matrix and metrics (and redraw eval/matrix.png), or compare several runs."""
+    from pecft_cli.compare import SUMMARY_FIELDS, read_run
+
+    if as_json and as_csv:
+        raise PecftError("--json and --csv: choose one output format.")
+    reports = [read_run(path) for path in run_dirs]
+    if len(reports) == 1 and not as_csv:
+        (one,) = reports
+        one.redraw_heatmap()
+        if as_json:
+            print_json(one.folder, one.tasks, one.matrix, one.metrics)
+            return
+        show_results(one.tasks, one.matrix, one.metrics)
+        return
+    summaries = [r.summary() for r in reports]
+    if as_json:
+        print(json.dumps(summaries, indent=2))
+    elif as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(summaries)
+    else:
+        out.print(comparison_table(summaries))
+
+
+def print_json(
+    folder: Path,
+    tasks: list[str],
+    matrix: dict[str, list[float | None]],
+    metrics: dict[str, Any] | None,
+    **more: Any,
+) -> None:
+    """A run's results as one JSON document on stdout, for scripts."""
+    document = {"folder": str(folder), "tasks": tasks, "matrix": matrix, "metrics": metrics}
+    print(json.dumps(document | more, indent=2))
+
+
+def show_results(
+    tasks: list[str], matrix: dict[str, list[float | None]], metrics: dict[str, Any] | None
+) -> None:
+    out.print(matrix_table(tasks, matrix))
+    if metrics is not None:
+        out.print(metrics_table(metrics))
 
 
 def main() -> None:

@@ -30,8 +30,8 @@ class Example:
     target: str
     prompt_ids: list[int]
     target_ids: list[int]
-    choices: list[str] | None = None
-    choice_ids: list[list[int]] | None = None
+    choices: list[str] | None = None  # as the recipe or row gives them
+    choice_ids: list[list[int]] | None = None  # as the model reads them after the prompt
     label: int | None = None
 
     def __len__(self) -> int:
@@ -235,6 +235,24 @@ def encode(tokenizer: PreTrainedTokenizerBase, text: str, special: bool) -> list
     return tokenizer(text, add_special_tokens=special)["input_ids"]
 
 
+def continuation_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: list[int],
+    prompt: str,
+    answer: str,
+    special: bool,
+) -> list[int]:
+    """The answer's tokens as they fall when prompt and answer are tokenized as one text.
+
+    Tokenizing the two together (as lm-evaluation-harness does) keeps the token boundary the
+    model would see in running text; the prompt's own tokens are cut off the front.
+    """
+    whole = encode(tokenizer, prompt + answer, special)
+    if whole[: len(prompt_ids)] != prompt_ids or len(whole) == len(prompt_ids):
+        return encode(tokenizer, answer, special=False)
+    return whole[len(prompt_ids) :]
+
+
 def build_example(
     task: TaskSection,
     row: dict[str, Any],
@@ -257,20 +275,27 @@ def build_example(
                 f"({', '.join(stripped)})."
             )
         label = stripped.index(target.strip())
+    # The choices keep their own text: acc_norm divides by its length, as the harness does.
+    spoken = choices
     if not task.chat:
         bare_prompt, target = split_space(prompt, target)
         if choices is not None:
-            choices = [split_space(prompt, choice)[1] for choice in choices]
+            spoken = [split_space(prompt, choice)[1] for choice in choices]
         prompt = bare_prompt
-    eos = tokenizer.eos_token_id
+    special = not task.chat
+    prompt_ids = encode(tokenizer, prompt, special)
+
+    def answer_ids(answer: str) -> list[int]:
+        return continuation_ids(tokenizer, prompt_ids, prompt, answer, special)
+
     return Example(
         row=number,
         prompt=prompt,
         target=target,
-        prompt_ids=encode(tokenizer, prompt, special=not task.chat),
-        target_ids=encode(tokenizer, target, special=False) + [eos],
+        prompt_ids=prompt_ids,
+        target_ids=answer_ids(target) + [tokenizer.eos_token_id],
         choices=choices,
-        choice_ids=[encode(tokenizer, c, special=False) for c in choices] if choices else None,
+        choice_ids=[answer_ids(c) for c in spoken] if spoken else None,
         label=label,
     )
 
@@ -288,11 +313,16 @@ def row_choices(task: TaskSection, row: dict[str, Any], where: str) -> list[str]
     return value
 
 
-def load_task(task: TaskSection, recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> TaskData:
-    """Read, render and tokenize a task's train and eval data, checking every row."""
-    splits = {}
+def load_task(
+    task: TaskSection, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, train: bool = True
+) -> TaskData:
+    """Read, render and tokenize a task's train and eval data, checking every row.
+
+    `train=False` reads the eval split only, for scoring a run that is already trained.
+    """
+    splits: dict[str, list[Example]] = {"train": []}
     sources = {}
-    for split in ("train", "eval"):
+    for split in ("train", "eval") if train else ("eval",):
         rows, described = read_rows(task, split)
         if not rows:
             raise PecftError(
@@ -311,8 +341,8 @@ def load_task(task: TaskSection, recipe: Recipe, tokenizer: PreTrainedTokenizerB
         ]
         sources[split] = described
     max_length = recipe.task_training(task).max_length
-    train = [example for example in splits["train"] if len(example) <= max_length]
-    if not train:
+    kept = [example for example in splits["train"] if len(example) <= max_length]
+    if train and not kept:
         raise PecftError(
             f"tasks '{task.name}' train: every example is longer than training.max_length "
             f"({max_length} tokens); raise max_length or shorten the prompt."
@@ -321,11 +351,11 @@ def load_task(task: TaskSection, recipe: Recipe, tokenizer: PreTrainedTokenizerB
     data = TaskData(
         name=task.name,
         metric=recipe.task_metric(task),
-        train=train,
+        train=kept,
         eval=splits["eval"][:limit] if limit else splits["eval"],
         train_rows=len(splits["train"]),
         eval_rows=len(splits["eval"]),
-        too_long=len(splits["train"]) - len(train),
+        too_long=len(splits["train"]) - len(kept),
         sources=sources,
     )
     if data.metric == "choice" and task.choices is None:

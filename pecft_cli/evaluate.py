@@ -1,9 +1,13 @@
 """Scoring a model on a task's eval examples: one number per task, and the per-example evidence.
 
-- exact_match: greedy generation (batched, left-padded, stopping at end-of-sequence or a newline)
-  compared after SQuAD-style normalisation, as the O-LoRA reference scores.
+- exact_match: greedy generation (batched by length, left-padded, stopping at end-of-sequence,
+  a stop string or max_new_tokens) compared after SQuAD-style normalisation, as the O-LoRA
+  reference scores.
+- rouge_l: the same generation, scored by ROUGE-L F1 over normalised words, for answers that
+  are sentences rather than labels.
 - choice: log-likelihood ranking of the task's choices after the prompt, as
   lm-evaluation-harness does (`acc`; `acc_norm` divides by the choice's length in characters).
+  The prompt runs through the model once; the choices continue from its cached keys and values.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from pecft_cli.data import Example, TaskData
 from pecft_cli.recipe import EvaluationSection
 
-STOP = "\n"
+PUNCTUATION = frozenset(string.punctuation)
 
 
 @dataclass
@@ -31,13 +35,40 @@ class TaskScore:
     score: float
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
+    def event(self, stage: str, seconds: float) -> dict[str, Any]:
+        """The progress event a caller reports once this score is known."""
+        return {
+            "stage": stage,
+            "task": self.task,
+            "metric": self.metric,
+            "score": self.score,
+            "seconds": round(seconds, 2),
+        }
+
 
 def normalize_answer(text: str) -> str:
     """Lower case, drop punctuation and the articles a/an/the, collapse whitespace."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = "".join(ch for ch in text.lower() if ch not in PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1: the longest common subsequence of normalised words, as precision and recall."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    previous = [0] * (len(ref) + 1)
+    for word in pred:
+        current = [0]
+        for j, other in enumerate(ref):
+            current.append(previous[j] + 1 if word == other else max(previous[j + 1], current[j]))
+        previous = current
+    common = previous[-1]
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
 
 
 def score_task(
@@ -54,10 +85,10 @@ def score_task(
             if data.metric == "choice":
                 predictions = rank_choices(model, data.eval, config.batch_size)
             else:
-                predictions = generate_answers(model, tokenizer, data.eval, config)
+                predictions = generate_answers(model, tokenizer, data.eval, config, data.metric)
     finally:
         model.train(was_training)
-    score = sum(p["correct"] for p in predictions) / len(predictions)
+    score = sum(p["score"] for p in predictions) / len(predictions)
     return TaskScore(data.name, data.metric, score, predictions)
 
 
@@ -66,6 +97,7 @@ def generate_answers(
     tokenizer: PreTrainedTokenizerBase,
     examples: list[Example],
     config: EvaluationSection,
+    metric: str = "exact_match",
 ) -> list[dict[str, Any]]:
     """Greedy answers in length-sorted, left-padded batches; output order follows the input."""
     device = next(model.parameters()).device
@@ -75,13 +107,11 @@ def generate_answers(
     for start in range(0, len(order), config.batch_size):
         chunk = order[start : start + config.batch_size]
         width = max(len(examples[i].prompt_ids) for i in chunk)
-        ids = [
-            [pad_id] * (width - len(examples[i].prompt_ids)) + examples[i].prompt_ids for i in chunk
-        ]
-        mask = [
-            [0] * (width - len(examples[i].prompt_ids)) + [1] * len(examples[i].prompt_ids)
-            for i in chunk
-        ]
+        ids, mask = [], []
+        for i in chunk:
+            pad = width - len(examples[i].prompt_ids)
+            ids.append([pad_id] * pad + examples[i].prompt_ids)
+            mask.append([0] * pad + [1] * len(examples[i].prompt_ids))
         output = model.generate(
             input_ids=torch.tensor(ids, device=device),
             attention_mask=torch.tensor(mask, device=device),
@@ -89,55 +119,56 @@ def generate_answers(
             do_sample=False,
             pad_token_id=pad_id,
             eos_token_id=tokenizer.eos_token_id,
-            stop_strings=[STOP],
+            stop_strings=config.stop,
             tokenizer=tokenizer,
         )
         for row, i in zip(output[:, width:].tolist(), chunk, strict=True):
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            answers[i] = text.split(STOP, 1)[0].strip()
-    return [
-        {
-            "row": example.row,
-            "input": example.prompt,
-            "target": example.target.strip(),
-            "prediction": answers[i],
-            "correct": normalize_answer(answers[i]) == normalize_answer(example.target),
-        }
-        for i, example in enumerate(examples)
-    ]
+            answers[i] = cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), config.stop)
+    results = []
+    for i, example in enumerate(examples):
+        correct = normalize_answer(answers[i]) == normalize_answer(example.target)
+        score = rouge_l(answers[i], example.target) if metric == "rouge_l" else float(correct)
+        results.append(
+            {
+                "row": example.row,
+                "input": example.prompt,
+                "target": example.target.strip(),
+                "prediction": answers[i],
+                "correct": correct,
+                "score": score,
+            }
+        )
+    return results
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """The answer up to the first stop string (generation may run a few tokens past it)."""
+    for stop in stops:
+        text = text.split(stop, 1)[0]
+    return text.strip()
 
 
 def rank_choices(
     model: PreTrainedModel, examples: list[Example], batch_size: int
 ) -> list[dict[str, Any]]:
     """Sum of log-probabilities of each choice's tokens after the prompt; best choice wins."""
-    device = next(model.parameters()).device
-    pairs = [(i, c) for i, ex in enumerate(examples) for c in range(len(ex.choices or []))]
-    pairs.sort(key=lambda p: len(examples[p[0]].prompt_ids) + len(examples[p[0]].choice_ids[p[1]]))
-    logprob: dict[tuple[int, int], float] = {}
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        sequences = [examples[i].prompt_ids + examples[i].choice_ids[c] for i, c in chunk]
-        width = max(len(s) for s in sequences)
-        ids = torch.tensor([s + [0] * (width - len(s)) for s in sequences], device=device)
-        mask = torch.tensor(
-            [[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device
-        )
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        for row, (i, c) in enumerate(chunk):
-            start_pos = len(examples[i].prompt_ids)
-            choice = examples[i].choice_ids[c]
-            scores = torch.log_softmax(
-                logits[row, start_pos - 1 : start_pos - 1 + len(choice)], dim=-1
-            )
-            picked = scores.gather(1, torch.tensor(choice, device=device).unsqueeze(1))
-            logprob[(i, c)] = picked.sum().item()
+    # A chunk's choices that span several tokens run as one batch after its prompts: size chunks
+    # so that this batch stays near batch_size rows.
+    longest = max(sum(len(ids) > 1 for ids in e.choice_ids or []) for e in examples)
+    per_chunk = max(1, batch_size // max(longest, 1))
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids))
+    sums: dict[int, list[float]] = {}
+    for start in range(0, len(order), per_chunk):
+        chunk = order[start : start + per_chunk]
+        for i, values in zip(
+            chunk, choice_logprobs(model, [examples[i] for i in chunk]), strict=True
+        ):
+            sums[i] = values
     results = []
     for i, example in enumerate(examples):
         choices = example.choices or []
-        sums = [logprob[(i, c)] for c in range(len(choices))]
-        best = max(range(len(choices)), key=lambda c: sums[c])
-        best_norm = max(range(len(choices)), key=lambda c: sums[c] / max(len(choices[c]), 1))
+        best = max(range(len(choices)), key=lambda c: sums[i][c])
+        best_norm = max(range(len(choices)), key=lambda c: sums[i][c] / max(len(choices[c]), 1))
         results.append(
             {
                 "row": example.row,
@@ -146,7 +177,63 @@ def rank_choices(
                 "prediction": choices[best].strip(),
                 "correct": best == example.label,
                 "correct_norm": best_norm == example.label,
-                "logprobs": [round(s, 4) for s in sums],
+                "score": float(best == example.label),
+                "logprobs": [round(s, 4) for s in sums[i]],
             }
         )
     return results
+
+
+def choice_logprobs(model: PreTrainedModel, examples: list[Example]) -> list[list[float]]:
+    """Each example's summed choice log-probabilities, running every prompt only once.
+
+    Prompts are right-padded and run with the cache on; the last prompt position scores every
+    choice's first token. Choices with more tokens then run from a copy of their prompt's cache,
+    with position ids that continue the prompt, so padding never shifts a position.
+    """
+    device = next(model.parameters()).device
+    lengths = torch.tensor([len(e.prompt_ids) for e in examples], device=device)
+    width = int(lengths.max())
+    ids = torch.zeros(len(examples), width, dtype=torch.long, device=device)
+    for row, example in enumerate(examples):
+        ids[row, : len(example.prompt_ids)] = torch.tensor(example.prompt_ids)
+    mask = (torch.arange(width, device=device) < lengths[:, None]).long()
+    output = model(input_ids=ids, attention_mask=mask, use_cache=True)
+    first = torch.log_softmax(output.logits[torch.arange(len(examples)), lengths - 1].float(), -1)
+    sums = [
+        [first[row, choice[0]].item() for choice in example.choice_ids or []]
+        for row, example in enumerate(examples)
+    ]
+    longer = [
+        (row, c)
+        for row, example in enumerate(examples)
+        for c, choice in enumerate(example.choice_ids or [])
+        if len(choice) > 1
+    ]
+    if not longer:
+        return sums
+    rows = torch.tensor([row for row, _ in longer], device=device)
+    cache = output.past_key_values
+    cache.batch_select_indices(rows)
+    tails = [examples[row].choice_ids[c] for row, c in longer]
+    steps = max(len(tail) for tail in tails) - 1
+    feed = torch.zeros(len(longer), steps, dtype=torch.long, device=device)
+    for k, tail in enumerate(tails):
+        feed[k, : len(tail) - 1] = torch.tensor(tail[:-1])
+    feed_mask = (
+        torch.arange(steps, device=device)
+        < torch.tensor([len(tail) - 1 for tail in tails], device=device)[:, None]
+    ).long()
+    positions = lengths[rows][:, None] + torch.arange(steps, device=device)
+    logits = model(
+        input_ids=feed,
+        attention_mask=torch.cat([mask[rows], feed_mask], dim=1),
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    ).logits.float()
+    scores = torch.log_softmax(logits, dim=-1)
+    for k, ((row, c), tail) in enumerate(zip(longer, tails, strict=True)):
+        picked = scores[k, torch.arange(len(tail) - 1), torch.tensor(tail[1:], device=device)]
+        sums[row][c] += picked.sum().item()
+    return sums

@@ -111,18 +111,26 @@ class TrainingOverride(Section):
     log_every: int | None = Field(None, gt=0)
 
 
-Metric = Literal["exact_match", "choice"]
+Metric = Literal["exact_match", "choice", "rouge_l"]
 
 
 class EvaluationSection(Section):
     """How every task is scored after every stage."""
 
-    metric: Literal["auto", "exact_match", "choice"] = Field(
+    metric: Literal["auto", "exact_match", "choice", "rouge_l"] = Field(
         "auto", description="auto: choice for tasks with choices, exact_match otherwise"
     )
     batch_size: int = Field(32, gt=0)
     limit: int | None = Field(None, gt=0, description="score at most this many eval examples")
     max_new_tokens: int = Field(16, gt=0)
+    stop: list[str] = Field(["\n"], description="generation ends at the first of these strings")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: list[str]) -> list[str]:
+        if any(not text for text in value):
+            raise ValueError("a stop string cannot be empty")
+        return value
 
 
 class TaskSection(Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from rich.table import Table
@@ -15,9 +16,11 @@ def signed(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:+.1f}"
 
 
-def matrix_table(tasks: list[str], matrix: dict[str, list[float | None]]) -> Table:
+def matrix_table(
+    tasks: list[str], matrix: dict[str, list[float | None]], title: str = "Evaluation matrix (%)"
+) -> Table:
     """One row per stage (base, then after each task), one column per task, scores in percent."""
-    table = Table(title="Evaluation matrix (%)", caption="row: after training that task")
+    table = Table(title=title, caption="row: after training that task")
     table.add_column("stage", style="bold")
     for task in tasks:
         table.add_column(task, justify="right")
@@ -38,4 +41,36 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
         percent(metrics["forgetting"]),
         percent(metrics["learning_accuracy"]),
     )
+    return table
+
+
+def comparison_table(summaries: list[dict[str, Any]]) -> Table:
+    """Several runs side by side: one row per run, its strategy and headline metrics."""
+    table = Table(title="Runs compared (metrics in %)")
+    for name in (
+        "run",
+        "strategy",
+        "status",
+        "ACC",
+        "BWT",
+        "FWT",
+        "Forgetting",
+        "trainable",
+        "wall",
+    ):
+        table.add_column(name, justify="left" if name in ("run", "strategy", "status") else "right")
+    for row in summaries:
+        trainable = row["trainable_parameters"]
+        wall = row["wall_seconds"]
+        table.add_row(
+            os.path.relpath(row["run"]),
+            row["strategy"] or "-",
+            row["status"] or "-",
+            percent(row["acc"]),
+            signed(row["bwt"]),
+            signed(row["fwt"]),
+            percent(row["forgetting"]),
+            "-" if trainable is None else f"{trainable:,}",
+            "-" if wall is None else f"{wall:.0f}s",
+        )
     return table

@@ -47,6 +47,10 @@ class RunFolder:
         return self.root / "eval" / "matrix.csv"
 
     @property
+    def heatmap(self) -> Path:
+        return self.root / "eval" / "matrix.png"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "eval" / "metrics.json"
 
@@ -76,14 +80,22 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def read_state(folder: RunFolder) -> dict[str, Any] | None:
-    """run.json, or None when the folder has none."""
-    if not folder.state.is_file():
+def read_json_file(path: Path) -> Any:
+    """A JSON file's content, or None when there is no such file."""
+    if not path.is_file():
         return None
     try:
-        return json.loads(folder.state.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PecftError(f"{folder.state}: not a readable run state file ({exc}).") from None
+        raise PecftError(f"{path}: not a readable JSON file ({exc}).") from None
+
+
+def read_state(folder: RunFolder) -> dict[str, Any] | None:
+    """run.json, or None when the folder has none."""
+    state = read_json_file(folder.state)
+    if state is not None and not isinstance(state, dict):
+        raise PecftError(f"{folder.state}: not a pecft run state file (expected a JSON object).")
+    return state
 
 
 def open_run_folder(root: Path, overwrite: bool) -> RunFolder:
@@ -118,12 +130,16 @@ def open_run_folder(root: Path, overwrite: bool) -> RunFolder:
 
 
 def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
     """Write a file atomically: a temporary sibling, flushed, then renamed over the target."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
@@ -160,22 +176,31 @@ def write_folder(path: Path, fill: Callable[[Path], None]) -> None:
         raise
 
 
-def write_matrix(folder: RunFolder, tasks: list[str], rows: dict[str, list[float | None]]) -> None:
-    """eval/matrix.csv: header `stage,<task>...`, row `base`, then one row per trained task."""
+def write_matrix(path: Path, tasks: list[str], rows: dict[str, list[float | None]]) -> None:
+    """matrix.csv: header `stage,<task>...`, row `base`, then one row per trained task."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["stage", *tasks])
     for stage, scores in rows.items():
         writer.writerow([stage, *("" if s is None else f"{s:.6f}" for s in scores)])
-    write_text(folder.matrix, buffer.getvalue())
+    write_text(path, buffer.getvalue())
 
 
 def read_matrix(path: Path) -> tuple[list[str], dict[str, list[float | None]]]:
     """Task names and rows of a matrix.csv."""
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader)
-        rows = {row[0]: [float(v) if v else None for v in row[1:]] for row in reader}
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader)
+            rows = {row[0]: [float(v) if v else None for v in row[1:]] for row in reader}
+    except (StopIteration, ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise PecftError(
+            f"{path}: not a pecft matrix (a header `stage,<task>...` and rows of scores): {exc}."
+        ) from None
+    if header[:1] != ["stage"] or any(len(row) != len(header) - 1 for row in rows.values()):
+        raise PecftError(
+            f"{path}: not a pecft matrix (a header `stage,<task>...` and rows of scores)."
+        )
     return header[1:], rows
 
 

@@ -31,6 +31,7 @@ from pecft_cli.data import TaskData, collate, load_task, training_features
 from pecft_cli.evaluate import score_task
 from pecft_cli.metrics import continual_metrics
 from pecft_cli.model import load_model, load_tokenizer
+from pecft_cli.plot import save_heatmap
 from pecft_cli.recipe import Recipe, TrainingSection, dump_recipe, output_dir
 from pecft_cli.strategies import build_strategy
 from pecft_cli.strategies.base import Strategy
@@ -104,7 +105,7 @@ def train_stream(
         matrix["base"] = evaluate_stage(
             accelerator, model, tokenizer, tasks, recipe, folder, "base", state, on_event
         )
-    runs.write_matrix(folder, names, matrix)
+    write_matrix(folder, names, matrix, recipe.name)
 
     for index, task in enumerate(tasks):
         settings = recipe.task_training(recipe.tasks[index])
@@ -137,7 +138,7 @@ def train_stream(
         matrix[task.name] = evaluate_stage(
             accelerator, model, tokenizer, tasks, recipe, folder, task.name, state, on_event
         )
-        runs.write_matrix(folder, names, matrix)
+        write_matrix(folder, names, matrix, recipe.name)
         state["tasks_done"].append(task.name)
         runs.write_json(folder.state, state)
 
@@ -266,19 +267,18 @@ def evaluate_stage(
         result = score_task(unwrapped, tokenizer, task, recipe.evaluation)
         if accelerator.is_main_process:
             runs.write_jsonl(folder.predictions(stage, task.name), result.predictions)
-        on_event(
-            "eval",
-            {
-                "stage": stage,
-                "task": task.name,
-                "metric": result.metric,
-                "score": result.score,
-                "seconds": round(time.perf_counter() - task_started, 2),
-            },
-        )
+        on_event("eval", result.event(stage, time.perf_counter() - task_started))
         row.append(result.score)
     state["timings"]["eval_seconds"][stage] = round(time.perf_counter() - started, 2)
     return row
+
+
+def write_matrix(
+    folder: runs.RunFolder, names: list[str], matrix: dict[str, list[float | None]], title: str
+) -> None:
+    """The matrix as it stands after a stage: the CSV contract and its heatmap."""
+    runs.write_matrix(folder.matrix, names, matrix)
+    save_heatmap(folder.heatmap, names, matrix, title)
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:

@@ -96,6 +96,11 @@ ANSWERS = [
 @pytest.fixture
 def recipe_file(tmp_path: Path, tiny_model: Path) -> Path:
     """A two-task recipe (a generation task and a choice task) on the tiny model."""
+    return write_recipe(tmp_path, tiny_model)
+
+
+def write_recipe(tmp_path: Path, tiny_model: Path) -> Path:
+    """Write the two tasks' data and their recipe (output_dir `run`) under tmp_path."""
     data = tmp_path / "data"
     write_jsonl(data / "codes" / "train.jsonl", [{"country": c, "code": k} for c, k in COUNTRIES])
     write_jsonl(

@@ -77,7 +77,10 @@ def test_choices_are_labelled(recipe_file: Path, tokenizer) -> None:
     recipe = load_recipe(recipe_file)
     task = load_task(recipe.tasks[1], recipe, tokenizer)
     assert task.metric == "choice"
-    assert task.eval[1].choices == [" yes", " no"]
+    # the choices keep their own text (acc_norm divides by its length); the tokens carry the
+    # space that the prompt gave up
+    assert task.eval[1].choices == ["yes", "no"]
+    assert [tokenizer.decode(ids) for ids in task.eval[1].choice_ids] == [" yes", " no"]
     assert task.eval[1].label == 1
 
 

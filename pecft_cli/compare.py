@@ -8,7 +8,7 @@ from typing import Any
 
 from pecft_cli import runs
 from pecft_cli.errors import PecftError
-from pecft_cli.eval_run import matrix_metrics
+from pecft_cli.eval_run import matrix_metrics, run_stages
 from pecft_cli.plot import save_heatmap
 
 SUMMARY_FIELDS = (
@@ -68,4 +68,5 @@ def read_run(path: Path) -> RunReport:
     if not folder.matrix.is_file():
         raise PecftError(f"{path}: the run has no eval/matrix.csv yet; nothing to report.")
     tasks, matrix = runs.read_matrix(folder.matrix)
-    return RunReport(folder.root, state, tasks, matrix, matrix_metrics(tasks, matrix))
+    metrics = matrix_metrics(tasks, run_stages(state, tasks), matrix)
+    return RunReport(folder.root, state, tasks, matrix, metrics)

@@ -22,7 +22,7 @@ from pecft_cli import runs
 from pecft_cli.data import TaskData, load_task, read_local
 from pecft_cli.errors import PecftError, did_you_mean
 from pecft_cli.evaluate import score_task
-from pecft_cli.metrics import continual_metrics
+from pecft_cli.metrics import stage_metrics
 from pecft_cli.model import load_model, load_tokenizer
 from pecft_cli.plot import save_heatmap
 from pecft_cli.recipe import Recipe, TaskSection, load_recipe
@@ -82,11 +82,16 @@ def open_run(path: Path) -> TrainedRun:
         raise PecftError(f"{path}: the run folder is incomplete: recipe.yaml is missing.")
     recipe = load_recipe(folder.recipe)
     adapters = {}
-    for index, task in enumerate(recipe.tasks):
-        adapter = folder.adapter(index, task.name)
+    for index, stage in enumerate(run_stages(state, [task.name for task in recipe.tasks])):
+        adapter = folder.adapter(index, stage)
         if (adapter / "adapter_config.json").is_file():
-            adapters[task.name] = adapter
+            adapters[stage] = adapter
     return TrainedRun(folder, recipe, state, adapters)
+
+
+def run_stages(state: dict[str, Any], tasks: list[str]) -> list[str]:
+    """The run's trained stages in order: one per task, unless the strategy planned others."""
+    return state.get("stages") or tasks
 
 
 def pick(requested: list[str] | None, available: list[str], what: str, where: Path) -> list[str]:
@@ -300,7 +305,7 @@ def finish(
     matrix = merged_matrix(trained, out / "matrix.csv", progress, task_names)
     runs.write_matrix(out / "matrix.csv", trained.tasks, matrix)
     save_heatmap(out / "matrix.png", trained.tasks, matrix, trained.recipe.name)
-    metrics = matrix_metrics(trained.tasks, matrix)
+    metrics = matrix_metrics(trained.tasks, run_stages(trained.state, trained.tasks), matrix)
     if metrics is not None:
         runs.write_json(out / "metrics.json", metrics)
     extra = {
@@ -347,11 +352,13 @@ def merged_matrix(
 
 
 def matrix_metrics(
-    tasks: list[str], matrix: dict[str, list[float | None]]
+    tasks: list[str], stages: list[str], matrix: dict[str, list[float | None]]
 ) -> dict[str, Any] | None:
-    """The continual metrics once every trained stage has every task scored; None before."""
-    rows = [matrix.get(task) for task in tasks]
-    if any(row is None or None in row for row in rows):
+    """The run's metrics once every trained stage has every task scored; None before."""
+    if any(matrix.get(stage) is None or None in matrix[stage] for stage in stages):
         return None
     base = matrix.get(BASE)
-    return continual_metrics(tasks, rows, None if base is None or None in base else base)
+    complete = {stage: matrix[stage] for stage in stages}
+    if base is not None and None not in base:
+        complete[BASE] = base
+    return stage_metrics(tasks, stages, complete)

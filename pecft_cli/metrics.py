@@ -49,3 +49,24 @@ def continual_metrics(
         "learning_accuracy": fmean(matrix[j][j] for j in range(size)),
         "tasks": per_task,
     }
+
+
+def stage_metrics(
+    tasks: list[str], stages: list[str], matrix: dict[str, list[float | None]]
+) -> dict[str, object]:
+    """The metrics of a run's matrix: continual metrics when every task was its own stage; for
+    a run trained on all tasks at once (joint), the final average only, the others None."""
+    if stages == tasks:
+        return continual_metrics(tasks, [matrix[name] for name in tasks], matrix.get("base"))
+    last = matrix[stages[-1]]
+    return {
+        "acc": fmean(last),
+        "bwt": None,
+        "fwt": None,
+        "forgetting": None,
+        "learning_accuracy": None,
+        "tasks": {
+            name: {"zero_shot": (matrix.get("base") or [None] * len(tasks))[j], "final": last[j]}
+            for j, name in enumerate(tasks)
+        },
+    }

@@ -77,6 +77,9 @@ class StrategySection(Section):
 
     name: str = "seq"
     options: dict[str, Any] = {}
+    replay: dict[str, Any] | None = Field(
+        None, description="replay options, to combine replay with seq, inclora or olora"
+    )
 
 
 class TrainingSection(Section):
@@ -208,6 +211,10 @@ class Recipe(Section):
         changes = task.training.model_dump(exclude_none=True)
         return self.training.model_copy(update=changes)
 
+    def stage_training(self, tasks: list[TaskSection]) -> TrainingSection:
+        """A stage of one task follows that task's overrides; a joint stage the shared section."""
+        return self.task_training(tasks[0]) if len(tasks) == 1 else self.training
+
     def task_metric(self, task: TaskSection) -> Metric:
         if task.metric:
             return task.metric
@@ -275,7 +282,7 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     from pecft_cli.strategies import check_strategy
 
     try:
-        check_strategy(recipe.strategy)
+        check_strategy(recipe.strategy, [task.name for task in recipe.tasks])
     except PecftError as exc:
         raise PecftError(f"{source}: {exc}") from None
     return recipe

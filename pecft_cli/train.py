@@ -29,11 +29,11 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 from pecft_cli import runs
 from pecft_cli.data import TaskData, collate, load_task, training_features
 from pecft_cli.evaluate import score_task
-from pecft_cli.metrics import continual_metrics
+from pecft_cli.metrics import stage_metrics
 from pecft_cli.model import load_model, load_tokenizer
 from pecft_cli.plot import save_heatmap
 from pecft_cli.recipe import Recipe, TrainingSection, dump_recipe, output_dir
-from pecft_cli.strategies import build_strategy
+from pecft_cli.strategies import build_strategy, strategy_label
 from pecft_cli.strategies.base import Strategy
 
 EventCallback = Callable[[str, dict[str, Any]], None]
@@ -64,12 +64,12 @@ def run(recipe: Recipe, *, overwrite: bool = False, on_event: EventCallback = ig
     on_event("status", {"message": "loading tokenizer and data"})
     tokenizer = load_tokenizer(recipe.model)
     tasks = prepare_tasks(recipe, tokenizer)
-    strategy = build_strategy(recipe.strategy, recipe.lora)
+    names = [task.name for task in tasks]
+    strategy = build_strategy(recipe.strategy, recipe.lora, names, recipe.seed)
 
     folder = runs.open_run_folder(output_dir(recipe), overwrite)
     runs.write_text(folder.recipe, dump_recipe(recipe))
-    names = [task.name for task in tasks]
-    state = runs.new_state(recipe.name, recipe.seed, recipe.strategy.name, names)
+    state = runs.new_state(recipe.name, recipe.seed, strategy_label(recipe.strategy), names)
     runs.write_json(folder.state, state)
     try:
         return train_stream(recipe, tokenizer, tasks, strategy, folder, state, started, on_event)
@@ -107,18 +107,21 @@ def train_stream(
         )
     write_matrix(folder, names, matrix, recipe.name)
 
-    for index, task in enumerate(tasks):
-        settings = recipe.task_training(recipe.tasks[index])
-        strategy.before_task(accelerator.unwrap_model(model), index, task.name)
-        examples = strategy.train_examples(index, task.train)
+    stages = strategy.stages(names)
+    state["stages"] = [stage for stage, _ in stages]
+    for index, (stage, members) in enumerate(stages):
+        settings = recipe.stage_training([recipe.tasks[i] for i in members])
+        strategy.before_task(accelerator.unwrap_model(model), index)
+        own = [example for i in members for example in tasks[i].train]
+        examples = strategy.train_examples(index, own)
         summary = train_task(
             accelerator,
             model,
             tokenizer,
             strategy,
-            task.name,
+            stage,
             index,
-            len(tasks),
+            len(stages),
             examples,
             settings,
             recipe.seed + index,
@@ -128,22 +131,25 @@ def train_stream(
         strategy.after_task(accelerator.unwrap_model(model), index, examples)
 
         if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
             runs.write_folder(
-                folder.adapter(index, task.name),
-                partial(strategy.save_adapter, accelerator.unwrap_model(model)),
+                folder.adapter(index, stage), partial(strategy.save_adapter, unwrapped, index)
             )
-        state["training"][task.name] = summary
-        state["timings"]["train_seconds"][task.name] = summary["seconds"]
+            strategy.save_extras(unwrapped, index, folder.root)
+        state["training"][stage] = summary
+        state["timings"]["train_seconds"][stage] = summary["seconds"]
+        state["trainable_parameters"] = max(
+            state["trainable_parameters"], summary["trainable_parameters"]
+        )
 
-        matrix[task.name] = evaluate_stage(
-            accelerator, model, tokenizer, tasks, recipe, folder, task.name, state, on_event
+        matrix[stage] = evaluate_stage(
+            accelerator, model, tokenizer, tasks, recipe, folder, stage, state, on_event
         )
         write_matrix(folder, names, matrix, recipe.name)
-        state["tasks_done"].append(task.name)
+        state["tasks_done"] += [names[i] for i in members]
         runs.write_json(folder.state, state)
 
-    trained = [matrix[name] for name in names]
-    metrics = continual_metrics(names, trained, matrix["base"])
+    metrics = stage_metrics(names, state["stages"], matrix)
     runs.write_json(folder.metrics, metrics)
     state["status"] = "completed"
     state["finished_at"] = runs.now()
@@ -188,16 +194,19 @@ def train_task(
     model.train()
     batches = endless(loader)
     losses: list[float] = []
-    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-    task_start, task_tokens = window_start, 0
+    window_loss, window_extra, window_tokens = 0.0, None, 0
+    window_start = task_start = time.perf_counter()
+    task_tokens = 0
     for step in range(1, steps + 1):
         for _ in range(settings.grad_accum):
             batch = next(batches)
             loss = model(**batch).loss
-            extra = strategy.extra_loss(accelerator.unwrap_model(model))
+            extra = strategy.extra_loss(accelerator.unwrap_model(model), index)
             total_loss = loss if extra is None else loss + extra
             accelerator.backward(total_loss / settings.grad_accum)
-            window_loss += total_loss.item() / settings.grad_accum
+            window_loss += loss.item() / settings.grad_accum
+            if extra is not None:
+                window_extra = (window_extra or 0.0) + extra.item() / settings.grad_accum
             window_tokens += int(batch["attention_mask"].sum())
         accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
         optimizer.step()
@@ -216,15 +225,19 @@ def train_task(
                 "lr": scheduler.get_last_lr()[0],
                 "tokens_per_s": round(window_tokens / elapsed, 1),
             }
+            if window_extra is not None:
+                entry["extra_loss"] = round(window_extra / logged, 5)
             losses.append(entry["loss"])
             task_tokens += window_tokens
             if accelerator.is_main_process:
                 runs.append_jsonl(folder.train_log, entry)
             on_event("step", entry)
-            window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+            window_loss, window_extra, window_tokens = 0.0, None, 0
+            window_start = time.perf_counter()
 
     seconds = time.perf_counter() - task_start
     summary = {
+        "trainable_parameters": sum(p.numel() for p in trainable),
         "steps": steps,
         "examples": len(examples),
         "tokens": task_tokens,

@@ -38,28 +38,37 @@ class Strategy:
 
     Options: ClassVar[type[Section]] = NoOptions
 
-    def __init__(self, options: Section, lora: LoraSection) -> None:
+    def __init__(self, options: Section, lora: LoraSection, tasks: list[str], seed: int) -> None:
         self.options = options
         self.lora = lora
+        self.tasks = tasks
+        self.seed = seed
+
+    def stages(self, tasks: list[str]) -> list[tuple[str, list[int]]]:
+        """What trains, in order: each stage's name and the tasks whose data it trains on."""
+        return [(name, [index]) for index, name in enumerate(tasks)]
 
     def attach(self, model: PreTrainedModel) -> PeftModel:
         """Wrap the base model with the LoRA adapter(s) this strategy trains."""
         return get_peft_model(model, lora_config(self.lora))
 
-    def before_task(self, model: PeftModel, index: int, name: str) -> None:
+    def before_task(self, model: PeftModel, index: int) -> None:
         """Called before training task `index` (0-based)."""
 
     def train_examples(self, index: int, examples: list[Example]) -> list[Example]:
         """The examples task `index` trains on; replay mixes earlier tasks in here."""
         return examples
 
-    def extra_loss(self, model: PeftModel) -> torch.Tensor | None:
-        """A term added to the cross-entropy loss at every step, or None."""
+    def extra_loss(self, model: PeftModel, index: int) -> torch.Tensor | None:
+        """A term added to the cross-entropy loss at every step of task `index`, or None."""
         return None
 
     def after_task(self, model: PeftModel, index: int, examples: list[Example]) -> None:
         """Called after training task `index`, before its adapter is saved."""
 
-    def save_adapter(self, model: PeftModel, folder: Path) -> None:
-        """Write the adapter of the model as it stands, loadable by stock PEFT."""
+    def save_adapter(self, model: PeftModel, index: int, folder: Path) -> None:
+        """Write the model after task `index` as one adapter that stock PEFT loads."""
         model.save_pretrained(str(folder))
+
+    def save_extras(self, model: PeftModel, index: int, root: Path) -> None:
+        """Write what else the strategy keeps in the run folder after task `index`."""

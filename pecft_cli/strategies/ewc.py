@@ -1,0 +1,79 @@
+"""EWC (Kirkpatrick et al. 2017) on the LoRA weights: a regularisation baseline from the survey.
+
+After each task, the diagonal empirical Fisher information of the trainable LoRA weights is
+estimated from per-example gradients on a seeded sample of that task; later tasks pay
+weight/2 * sum F * (theta - theta_after)^2. Fishers add up over tasks (online EWC), and the
+anchor is the weights after the latest task.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from peft import PeftModel
+from pydantic import Field
+
+from pecft_cli.data import Example, training_features
+from pecft_cli.recipe import Section
+from pecft_cli.strategies.base import Strategy
+
+
+class EwcOptions(Section):
+    """weight scales the penalty; fisher_examples is how many examples estimate the Fisher."""
+
+    weight: float = Field(1000.0, gt=0)
+    fisher_examples: int = Field(64, gt=0)
+
+
+class Ewc(Strategy):
+    """One LoRA, as seq, held near what earlier tasks needed by a Fisher-weighted penalty."""
+
+    Options = EwcOptions
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fisher: dict[str, torch.Tensor] = {}
+        self.anchor: dict[str, torch.Tensor] = {}
+
+    def extra_loss(self, model: PeftModel, index: int) -> torch.Tensor | None:
+        if not self.fisher:
+            return None
+        penalty = torch.zeros((), device=next(model.parameters()).device)
+        for name, parameter in model.named_parameters():
+            if name in self.fisher:
+                penalty = penalty + (self.fisher[name] * (parameter - self.anchor[name]) ** 2).sum()
+        return self.options.weight / 2 * penalty
+
+    def after_task(self, model: PeftModel, index: int, examples: list[Example]) -> None:
+        fisher = fisher_diagonal(model, examples, self.options.fisher_examples, self.seed + index)
+        for name, value in fisher.items():
+            self.fisher[name] = self.fisher.get(name, torch.zeros_like(value)) + value
+        self.anchor = {
+            name: parameter.detach().clone()
+            for name, parameter in model.named_parameters()
+            if parameter.requires_grad
+        }
+
+
+def fisher_diagonal(
+    model: PeftModel, examples: list[Example], count: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """Mean squared per-example gradient of the answer loss, for every trainable weight."""
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    fisher = {name: torch.zeros_like(p) for name, p in trainable.items()}
+    sample = random.Random(seed).sample(examples, min(count, len(examples)))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    for example in sample:
+        features = training_features(example)
+        batch = {key: torch.tensor([value], device=device) for key, value in features.items()}
+        model.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        for name, parameter in trainable.items():
+            if parameter.grad is not None:
+                fisher[name] += parameter.grad.detach() ** 2 / len(sample)
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return fisher

@@ -1,0 +1,79 @@
+"""O-LoRA (Wang et al. 2023): IncLoRA plus a loss that keeps each new LoRA orthogonal to the old.
+
+As the reference code computes it, per LoRA layer: orth = sum |A_old @ A_new^T| over the rows of
+every earlier task's A (only A matrices), and l2 = ||A_new||_F + ||B_new||_F (not squared).
+The loss is CE + lambda1 * sum(orth) + lambda2 * sum(l2); both lambdas may differ per task.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import PeftModel
+from pydantic import Field
+
+from pecft_cli.recipe import Section
+from pecft_cli.strategies.inclora import IncrementalLora
+from pecft_cli.strategies.stacked import task_adapter
+
+PerTask = float | dict[str, float]
+
+
+class OLoraOptions(Section):
+    """lambda1 weighs orthogonality, lambda2 the size of the new LoRA; a number, or a mapping of
+    task names to numbers with `default` for the rest."""
+
+    lambda1: PerTask = Field(0.5)
+    lambda2: PerTask = Field(0.0)
+
+
+def per_task(value: PerTask, task: str) -> float:
+    if isinstance(value, dict):
+        return value.get(task, value.get("default", 0.0))
+    return value
+
+
+def orthogonality(model: PeftModel, index: int) -> torch.Tensor:
+    """sum over LoRA layers of sum |A_old @ A_new^T|; zero for the first task."""
+    new = task_adapter(index)
+    total = torch.zeros((), device=next(model.parameters()).device)
+    if index == 0:
+        return total
+    for module in model.modules():
+        lora_a = getattr(module, "lora_A", None)
+        if lora_a is None or new not in lora_a:
+            continue
+        old = torch.cat([lora_a[task_adapter(i)].weight for i in range(index)], dim=0)
+        total = total + torch.abs(old @ lora_a[new].weight.T).sum()
+    return total
+
+
+def l2_size(model: PeftModel, index: int) -> torch.Tensor:
+    """sum over LoRA layers of ||A_new||_F + ||B_new||_F."""
+    new = task_adapter(index)
+    total = torch.zeros((), device=next(model.parameters()).device)
+    for module in model.modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if lora_a is None or new not in lora_a:
+            continue
+        total = (
+            total + torch.linalg.norm(lora_a[new].weight) + torch.linalg.norm(lora_b[new].weight)
+        )
+    return total
+
+
+class OLora(IncrementalLora):
+    """IncLoRA whose new LoRA is pushed away from the subspaces of the earlier tasks."""
+
+    Options = OLoraOptions
+
+    def extra_loss(self, model: PeftModel, index: int) -> torch.Tensor | None:
+        task = self.tasks[index]
+        lambda1 = per_task(self.options.lambda1, task)
+        lambda2 = per_task(self.options.lambda2, task)
+        loss = None
+        if lambda1 and index > 0:
+            loss = lambda1 * orthogonality(model, index)
+        if lambda2:
+            size = lambda2 * l2_size(model, index)
+            loss = size if loss is None else loss + size
+        return loss

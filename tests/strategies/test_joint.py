@@ -1,0 +1,27 @@
+"""Joint training: one stage on all tasks' data, one matrix row, and the average as its metric."""
+
+from pathlib import Path
+
+import pytest
+from conftest import rescore_with_stock_peft, write_recipe
+
+from pecft_cli.eval_run import evaluate_run
+from pecft_cli.recipe import load_recipe
+from pecft_cli.runs import read_matrix
+from pecft_cli.train import run
+
+
+def test_joint_trains_once_on_every_task(tmp_path: Path, tiny_model: Path) -> None:
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model), ["strategy.name=joint"])
+    result = run(recipe)
+    folder = result.folder
+    assert [p.name for p in (folder / "adapters").iterdir()] == ["01-joint"]
+    tasks, rows = read_matrix(folder / "eval/matrix.csv")
+    assert list(rows) == ["base", "joint"]
+    assert result.state["training"]["joint"]["examples"] == 8 + 6
+    assert result.state["tasks_done"] == ["codes", "yesno"]
+    assert result.metrics["acc"] == pytest.approx(sum(rows["joint"]) / 2)
+    assert result.metrics["bwt"] is None and result.metrics["forgetting"] is None
+    assert rescore_with_stock_peft(folder, 1) == rows["joint"]
+    again = evaluate_run(folder)
+    assert again.matrix == rows and again.metrics == result.metrics

@@ -95,7 +95,11 @@ def train_stream(
     names = [task.name for task in tasks]
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     on_event("status", {"message": f"loading model {recipe.model.path}"})
-    model = strategy.attach(load_model(recipe.model, accelerator.device))
+    base = load_model(recipe.model, accelerator.device)
+    # Seed again here: loading (and a first GGUF conversion) may draw from the random generators,
+    # and the LoRA initialisation must not depend on whether the model was already cached.
+    set_seed(recipe.seed)
+    model = strategy.attach(base)
     model = accelerator.prepare(model)
     state["trainable_parameters"], state["total_parameters"] = parameter_counts(model)
     state["timings"]["load_seconds"] = round(time.perf_counter() - started, 2)

@@ -27,8 +27,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_model(folder: Path) -> Path:
-    """A 2-layer Llama and a byte-level BPE tokenizer without a pad token, saved to `folder`."""
+def build_tiny_model(folder: Path, hidden: int = 32) -> Path:
+    """A 2-layer Llama and a byte-level BPE tokenizer without a pad token, saved to `folder`.
+
+    bitsandbytes quantizes in blocks of 64 weights per row, so 4-bit tests use hidden=64.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -45,8 +48,8 @@ def build_tiny_model(folder: Path) -> Path:
     tokenizer.chat_template = CHAT_TEMPLATE
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -65,6 +68,12 @@ def build_tiny_model(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama wide enough for bitsandbytes' 4-bit blocks."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama-64"), hidden=64)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -84,3 +84,31 @@ def test_a_failure_mid_run_is_recorded_and_keeps_the_finished_stages(
     tasks, rows = read_matrix(folder / "eval/matrix.csv")
     assert list(rows) == ["base", "codes"]
     assert (folder / "adapters/01-codes/adapter_model.safetensors").is_file()
+
+
+def test_the_seed_does_not_depend_on_what_loading_draws(
+    recipe_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a first GGUF conversion initialises a model (drawing random numbers); a cached load does not
+    import torch
+
+    import pecft_cli.train as train
+
+    plain = run(load_recipe(recipe_file, [f"output_dir={tmp_path / 'plain'}"]))
+    original = train.load_model
+
+    def drawing_load(*args, **kwargs):
+        torch.rand(1000)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "load_model", drawing_load)
+    drawn = run(load_recipe(recipe_file, [f"output_dir={tmp_path / 'drawn'}"]))
+    assert drawn.matrix == plain.matrix
+    assert drawn.state["training"] == {
+        task: {
+            **summary,
+            "seconds": drawn.state["training"][task]["seconds"],
+            "tokens_per_s": drawn.state["training"][task]["tokens_per_s"],
+        }
+        for task, summary in plain.state["training"].items()
+    }

@@ -70,6 +70,19 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def peak_memory_mb() -> dict[str, float]:
+    """This process's peak resident memory, and peak CUDA memory where a GPU was used."""
+    import resource
+
+    import torch
+
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS
+    peak = {"cpu_rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1)}
+    if torch.cuda.is_available():
+        peak["cuda"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     for name in LIBRARIES:

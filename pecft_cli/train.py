@@ -158,6 +158,7 @@ def train_stream(
     state["status"] = "completed"
     state["finished_at"] = runs.now()
     state["timings"]["wall_seconds"] = round(time.perf_counter() - started, 2)
+    state["peak_memory_mb"] = runs.peak_memory_mb()
     runs.write_json(folder.state, state)
     return RunResult(folder.root, names, matrix, metrics, state)
 

@@ -55,6 +55,7 @@ def test_train_writes_the_run_folder_contract(recipe_file: Path) -> None:
     assert state["tasks_done"] == ["codes", "yesno"]
     assert state["seed"] == 3
     assert {"torch", "transformers", "peft", "accelerate"} <= set(state["versions"])
+    assert state["peak_memory_mb"]["cpu_rss"] > 100
     log = [json.loads(line) for line in (run / "logs/train.jsonl").read_text().splitlines()]
     assert [(e["task"], e["step"]) for e in log] == [("codes", s) for s in (1, 2, 3)] + [
         ("yesno", s) for s in (1, 2, 3)

@@ -127,6 +127,14 @@ BAD_INPUTS = {
         "model.path: /no/such/model",
     ),
     "bad --set path": (lambda r: ["--set", "lora.rank=4"], "unknown key 'rank'"),
+    "unknown strategy option": (
+        lambda r: ["--set", "strategy.name=olora", "--set", "strategy.options.lamda1=1"],
+        "strategy.options.lamda1: unknown option; did you mean 'lambda1'?",
+    ),
+    "replay fraction out of range": (
+        lambda r: ["--set", "strategy.name=replay", "--set", "strategy.options.fraction=1.5"],
+        "strategy.options.fraction",
+    ),
 }
 
 

@@ -50,17 +50,15 @@ def run_once(strategy: str, seed: int, runs: Path) -> Path:
     return folder
 
 
-def spread(values: list[float | None], percent: bool = True) -> str:
-    """`mean ± sd` over seeds, in percent; `-` where the metric does not apply."""
-    present = [v for v in values if v is not None]
+def spread(values: list[float | None], form: str = ".1f", scale: float = 100) -> str:
+    """`mean ± sd` over seeds (percent by default); `-` where the metric does not apply."""
+    present = [v * scale for v in values if v is not None]
     if not present:
         return "-"
-    scale = 100 if percent else 1
-    mean = statistics.fmean(present) * scale
+    mean = format(statistics.fmean(present), form)
     if len(present) < 2:
-        return f"{mean:+.1f}" if percent else f"{mean:.0f}"
-    sd = statistics.stdev(present) * scale
-    return f"{mean:+.1f} ± {sd:.1f}" if percent else f"{mean:.0f} ± {sd:.0f}"
+        return mean
+    return f"{mean} ± {statistics.stdev(present):.{form[-2]}f}"
 
 
 def summarize(strategy: str, folders: list[Path]) -> dict[str, str]:
@@ -69,9 +67,9 @@ def summarize(strategy: str, folders: list[Path]) -> dict[str, str]:
     states = [json.loads((f / "run.json").read_text()) for f in folders]
     row = {"strategy": strategy, "seeds": str(len(folders))}
     for key in METRICS:
-        row[key] = spread([m[key] for m in metrics])
+        row[key] = spread([m[key] for m in metrics], "+.1f" if key in ("bwt", "fwt") else ".1f")
     row["trainable"] = f"{states[0]['trainable_parameters']:,}"
-    row["wall"] = spread([s["timings"]["wall_seconds"] for s in states], percent=False) + " s"
+    row["wall"] = spread([s["timings"]["wall_seconds"] for s in states], ".0f", 1) + " s"
     peak = max(s["peak_memory_mb"]["cpu_rss"] for s in states)
     row["peak"] = f"{peak / 1024:.2f} GiB"
     return row
@@ -118,6 +116,8 @@ def write_results(rows: list[dict[str, str]], command: str, out: Path, runs: Pat
             row["peak"],
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(row["seeds"] == "1" for row in rows):
+        lines += ["", "Rows from a single seed show no spread; they are one run, not an average."]
     lines += ["", f"Run folders: `{runs.relative_to(ROOT)}/<strategy>-seed<N>/`.", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines), encoding="utf-8")

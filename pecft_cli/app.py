@@ -234,6 +234,7 @@ def report(
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
 ) -> None:
     """Show one run's matrix and metrics (and redraw eval/matrix.png), or compare several runs."""
+    quiet_libraries()
     from pecft_cli.compare import SUMMARY_FIELDS, read_run
 
     if as_json and as_csv:

@@ -57,7 +57,7 @@ class RunReport:
 
 
 def read_run(path: Path) -> RunReport:
-    """Read a run folder's state and matrix; metrics come from the matrix when it is complete."""
+    """Read a run folder's state, matrix and metrics (computed from the matrix if not written)."""
     folder = runs.RunFolder(path.resolve())
     state = runs.read_state(folder)
     if state is None:
@@ -68,5 +68,7 @@ def read_run(path: Path) -> RunReport:
     if not folder.matrix.is_file():
         raise PecftError(f"{path}: the run has no eval/matrix.csv yet; nothing to report.")
     tasks, matrix = runs.read_matrix(folder.matrix)
-    metrics = matrix_metrics(tasks, run_stages(state, tasks), matrix)
+    metrics = runs.read_json_file(folder.metrics)
+    if metrics is None:
+        metrics = matrix_metrics(tasks, run_stages(state, tasks), matrix)
     return RunReport(folder.root, state, tasks, matrix, metrics)

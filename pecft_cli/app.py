@@ -42,6 +42,11 @@ SetOption = Annotated[
 ]
 
 
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")
+]
+
+
 def reports_errors(command: Callable[..., None]) -> Callable[..., None]:
     """Turn bad input into one paragraph on stderr and exit code 2."""
 
@@ -135,9 +140,7 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier run in the output folder.")
     ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")
-    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Train the recipe's tasks in order; write adapters, the evaluation matrix and metrics."""
     quiet_libraries()
@@ -190,9 +193,7 @@ def eval_(
         Path | None,
         typer.Option("--out", help="Where to write (default RUN_DIR/eval, or eval-limitN)."),
     ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")
-    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Score a trained run again from its saved adapters; resumes an interrupted evaluation."""
     quiet_libraries()
@@ -230,7 +231,7 @@ def eval_(
 @reports_errors
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="One run folder, or several to compare.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+    as_json: JsonOption = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
 ) -> None:
     """Show one run's matrix and metrics (and redraw eval/matrix.png), or compare several runs."""

@@ -23,7 +23,7 @@ from rich.text import Text
 from pecft_cli import __version__
 from pecft_cli.console import TrainProgress, err, out
 from pecft_cli.errors import PecftError
-from pecft_cli.report import comparison_table, matrix_table, metrics_table
+from pecft_cli.report import comparison_table, matrix_table, merges_table, metrics_table
 
 app = typer.Typer(
     name="pecft",
@@ -245,9 +245,11 @@ def report(
         (one,) = reports
         one.redraw_heatmap()
         if as_json:
-            print_json(one.folder, one.tasks, one.matrix, one.metrics)
+            print_json(one.folder, one.tasks, one.matrix, one.metrics, merges=one.merges)
             return
         show_results(one.tasks, one.matrix, one.metrics)
+        if one.merges:
+            out.print(merges_table(one.tasks, one.last_stage(), one.merges))
         return
     summaries = [r.summary() for r in reports]
     if as_json:
@@ -258,6 +260,165 @@ def report(
         writer.writerows(summaries)
     else:
         out.print(comparison_table(summaries))
+
+
+def floats(text: str | None, option: str) -> list[float] | None:
+    """`0.5,0.25` -> [0.5, 0.25], or a clear error naming the option."""
+    if text is None:
+        return None
+    try:
+        return [float(item) for item in text.split(",")]
+    except ValueError:
+        raise PecftError(
+            f"{option} {text}: give comma-separated numbers, one per adapter, e.g. 0.5,0.5."
+        ) from None
+
+
+@app.command("merge-adapters")
+@reports_errors
+def merge_adapters(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(help="A run folder (its per-task adapters), or adapter folders."),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write (must not exist).")],
+    method: Annotated[
+        str, typer.Option("--method", help="PEFT combination: cat, svd, linear, ties, dare_*, ...")
+    ] = "cat",
+    tasks: Annotated[
+        list[str] | None, typer.Option("--tasks", help="From a run: only these tasks' adapters.")
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option("--weights", help="One weight per adapter, comma-separated.")
+    ] = None,
+    density: Annotated[
+        float | None, typer.Option("--density", help="ties/dare/magnitude_prune: fraction kept.")
+    ] = None,
+    rank: Annotated[int | None, typer.Option("--rank", help="svd methods: output rank.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for DARE's random pruning.")] = 0,
+    into_base: Annotated[
+        bool, typer.Option("--into-base", help="Write a whole model with the adapter folded in.")
+    ] = False,
+    base: Annotated[
+        str | None, typer.Option("--base", help="Base model, when the adapters do not say.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier merge in --out.")] = (
+        False
+    ),
+    evaluate: Annotated[
+        bool, typer.Option("--eval", help="Score the result on the run's tasks.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Combine adapters into one (or fold them into the base model) with PEFT, and score it."""
+    quiet_libraries()
+    from pecft_cli.merge import merge_adapters as merge
+
+    with TrainProgress() as progress:
+        result = merge(
+            sources,
+            out_dir,
+            method=method,
+            tasks=names(tasks),
+            weights=floats(weights, "--weights"),
+            density=density,
+            rank=rank,
+            seed=seed,
+            into_base=into_base,
+            base=base,
+            force=force,
+            evaluate=evaluate,
+            on_event=progress,
+        )
+    record = result.record
+    if as_json:
+        last = result.last_stage
+        document = {
+            "out": str(result.out),
+            "merge": record,
+            "tasks": result.tasks,
+            "scores": result.scores,
+            "last_stage": {"stage": last[0], "scores": last[1]} if last else None,
+        }
+        print(json.dumps(document, indent=2))
+        return
+    what = "model" if record["into_base"] else f"adapter, rank {record['rank']}"
+    how = f" with {record['method']}" if record["method"] else ""
+    out.print(
+        f"merged {len(record['inputs'])} adapter(s) ({record['input_kind']}){how} -> "
+        f"{result.out} ({what})",
+        highlight=False,
+    )
+    if record["base_reloaded_unquantized"]:
+        out.print(
+            f"the base was reloaded unquantized ({record['base']['dtype']}) to merge cleanly; "
+            "the run trained on a quantized base",
+            highlight=False,
+        )
+    if result.scores is not None:
+        out.print(merges_table(result.tasks, result.last_stage, {result.out.name: result.scores}))
+
+
+@app.command()
+@reports_errors
+def generate(
+    source: Annotated[
+        Path, typer.Argument(help="Run folder, adapter folder, or merged model folder.")
+    ],
+    prompts: Annotated[
+        list[str] | None, typer.Argument(help="Prompts (or JSON rows of a task's fields).")
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="Prompts: .jsonl/.csv rows, or text lines; - = stdin."),
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", help="Fill this task's prompt template.")
+    ] = None,
+    stage: Annotated[
+        str | None, typer.Option("--stage", help="Run folder: the stage (default: the last).")
+    ] = None,
+    base: Annotated[str | None, typer.Option("--base", help="Base model for the adapter.")] = None,
+    chat: Annotated[
+        bool, typer.Option("--chat", help="Wrap each prompt in the model's chat template.")
+    ] = False,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
+    stop: Annotated[
+        list[str] | None, typer.Option("--stop", help="Stop at this string (repeatable).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    as_json: JsonOption = False,
+) -> None:
+    """Answer prompts greedily with a result; one answer per line on stdout."""
+    quiet_libraries()
+    from pecft_cli.generate import generate as answer
+    from pecft_cli.generate import prompt_lines, read_inputs
+
+    inputs: list[Any] = list(prompts or [])
+    if file is not None:
+        inputs += prompt_lines(sys.stdin.read()) if str(file) == "-" else read_inputs(file)
+    with TrainProgress() as progress:
+        results = answer(
+            source,
+            inputs,
+            task=task,
+            stage=stage,
+            base=base,
+            chat=chat,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            batch_size=batch_size,
+            on_event=progress,
+        )
+    if as_json:
+        rows = [{"input": r.input, "prompt": r.prompt, "answer": r.answer} for r in results]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if len(results) == 1:
+        print(results[0].answer)
+        return
+    for result in results:
+        print(result.answer.replace("\\", "\\\\").replace("\n", "\\n"))
 
 
 def print_json(

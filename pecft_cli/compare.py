@@ -36,6 +36,12 @@ class RunReport:
     tasks: list[str]
     matrix: dict[str, list[float | None]]
     metrics: dict[str, Any] | None
+    merges: dict[str, list[float | None]]
+
+    def last_stage(self) -> tuple[str, list[float | None]] | None:
+        """The row of the last trained stage the matrix holds, if any."""
+        stages = [s for s in run_stages(self.state, self.tasks) if s in self.matrix]
+        return (stages[-1], self.matrix[stages[-1]]) if stages else None
 
     def redraw_heatmap(self) -> None:
         """Render eval/matrix.png again from the matrix on disk."""
@@ -71,4 +77,12 @@ def read_run(path: Path) -> RunReport:
     metrics = runs.read_json_file(folder.metrics)
     if metrics is None:
         metrics = matrix_metrics(tasks, run_stages(state, tasks), matrix)
-    return RunReport(folder.root, state, tasks, matrix, metrics)
+    merges: dict[str, list[float | None]] = {}
+    if folder.merges.is_file():
+        columns, merges = runs.read_matrix(folder.merges, key="merge")
+        if columns != tasks:
+            raise PecftError(
+                f"{folder.merges}: its tasks ({', '.join(columns)}) are not the matrix's "
+                f"({', '.join(tasks)}); delete it and score the merges again with --eval."
+            )
+    return RunReport(folder.root, state, tasks, matrix, metrics, merges)

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftConfig, PeftModel
-from safetensors import safe_open
+from peft import PeftModel
 
 from pecft_cli import runs
+from pecft_cli.artifacts import adapter_config, adapter_error
 from pecft_cli.data import TaskData, load_task, read_local
 from pecft_cli.errors import PecftError, did_you_mean
 from pecft_cli.evaluate import score_task
@@ -181,7 +181,7 @@ def evaluate_run(
     }
     for stage in stage_names:
         if stage != BASE:
-            check_adapter(trained.adapters[stage])
+            adapter_config(trained.adapters[stage])
     progress = Progress.open(out, settings)
     on_event("status", {"message": f"loading model {recipe.model.path}"})
     model = load_model(recipe.model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -200,24 +200,6 @@ def default_out(trained: TrainedRun, limit: int | None) -> Path:
     if limit is None or limit == trained.recipe.evaluation.limit:
         return trained.folder.matrix.parent
     return trained.folder.root / f"eval-limit{limit}"
-
-
-def check_adapter(adapter: Path) -> None:
-    """Read an adapter's config and weight index up front, before any scoring starts."""
-    try:
-        PeftConfig.from_pretrained(adapter)
-        with safe_open(adapter / "adapter_model.safetensors", framework="pt") as weights:
-            if not list(weights.keys()):
-                raise ValueError("it holds no weights")
-    except Exception as exc:
-        raise adapter_error(adapter, exc) from None
-
-
-def adapter_error(adapter: Path, exc: Exception) -> PecftError:
-    return PecftError(
-        f"{adapter}: the adapter does not load ({type(exc).__name__}: {exc}); re-train that "
-        "task, or leave its stage out with --stages."
-    )
 
 
 def stage_model(model: Any, stage: str, adapter: Path | None) -> Any:

@@ -99,46 +99,69 @@ def generate_answers(
     config: EvaluationSection,
     metric: str = "exact_match",
 ) -> list[dict[str, Any]]:
-    """Greedy answers in length-sorted, left-padded batches; output order follows the input."""
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids))
-    answers: dict[int, str] = {}
-    for start in range(0, len(order), config.batch_size):
-        chunk = order[start : start + config.batch_size]
-        width = max(len(examples[i].prompt_ids) for i in chunk)
-        ids, mask = [], []
-        for i in chunk:
-            pad = width - len(examples[i].prompt_ids)
-            ids.append([pad_id] * pad + examples[i].prompt_ids)
-            mask.append([0] * pad + [1] * len(examples[i].prompt_ids))
-        output = model.generate(
-            input_ids=torch.tensor(ids, device=device),
-            attention_mask=torch.tensor(mask, device=device),
-            max_new_tokens=config.max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad_id,
-            eos_token_id=tokenizer.eos_token_id,
-            stop_strings=config.stop,
-            tokenizer=tokenizer,
-        )
-        for row, i in zip(output[:, width:].tolist(), chunk, strict=True):
-            answers[i] = cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), config.stop)
+    """Greedy answers to the examples' prompts, scored against their targets."""
+    answers = greedy_answers(
+        model,
+        tokenizer,
+        [example.prompt_ids for example in examples],
+        config.batch_size,
+        config.max_new_tokens,
+        config.stop,
+    )
     results = []
-    for i, example in enumerate(examples):
-        correct = normalize_answer(answers[i]) == normalize_answer(example.target)
-        score = rouge_l(answers[i], example.target) if metric == "rouge_l" else float(correct)
+    for example, answer in zip(examples, answers, strict=True):
+        correct = normalize_answer(answer) == normalize_answer(example.target)
+        score = rouge_l(answer, example.target) if metric == "rouge_l" else float(correct)
         results.append(
             {
                 "row": example.row,
                 "input": example.prompt,
                 "target": example.target.strip(),
-                "prediction": answers[i],
+                "prediction": answer,
                 "correct": correct,
                 "score": score,
             }
         )
     return results
+
+
+def greedy_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    batch_size: int,
+    max_new_tokens: int,
+    stop: list[str],
+) -> list[str]:
+    """Greedy answers in length-sorted, left-padded batches; output order follows the input.
+
+    A batch stops as soon as every sequence has ended (end-of-sequence or a stop string).
+    """
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in chunk)
+        ids, mask = [], []
+        for i in chunk:
+            pad = width - len(prompts[i])
+            ids.append([pad_id] * pad + prompts[i])
+            mask.append([0] * pad + [1] * len(prompts[i]))
+        output = model.generate(
+            input_ids=torch.tensor(ids, device=device),
+            attention_mask=torch.tensor(mask, device=device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=tokenizer.eos_token_id,
+            stop_strings=stop or None,
+            tokenizer=tokenizer,
+        )
+        for row, i in zip(output[:, width:].tolist(), chunk, strict=True):
+            answers[i] = cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), stop)
+    return [answers[i] for i in range(len(prompts))]
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:

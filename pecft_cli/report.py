@@ -29,6 +29,29 @@ def matrix_table(
     return table
 
 
+def mean(scores: list[float | None]) -> float | None:
+    """The mean of a row, or None while any cell is missing."""
+    if not scores or None in scores:
+        return None
+    return sum(s for s in scores if s is not None) / len(scores)
+
+
+def merges_table(
+    tasks: list[str],
+    last_stage: tuple[str, list[float | None]] | None,
+    merges: dict[str, list[float | None]],
+) -> Table:
+    """Merged results (`merge-adapters --eval`) under the run's last stage, with row means."""
+    rows = {}
+    if last_stage is not None:
+        rows[f"after {last_stage[0]}"] = [*last_stage[1], mean(last_stage[1])]
+    for name, scores in merges.items():
+        rows[name] = [*scores, mean(scores)]
+    table = matrix_table([*tasks, "mean"], rows, "Merged results vs the run's last stage (%)")
+    table.caption = "rows below the first: merge-adapters outputs, by folder name"
+    return table
+
+
 def metrics_table(metrics: dict[str, Any]) -> Table:
     """The continual-learning summary: ACC, BWT, FWT, forgetting and learning accuracy."""
     table = Table(title="Continual-learning metrics (%)")

@@ -62,8 +62,17 @@ class RunFolder:
         """The adapter of the model after task `index` (0-based): adapters/01-<task>."""
         return self.root / "adapters" / f"{index + 1:02d}-{task}"
 
+    def task_lora(self, index: int, task: str) -> Path:
+        """Task `index`'s own LoRA, for strategies that train one per task: task_loras/01-<task>."""
+        return self.root / "task_loras" / f"{index + 1:02d}-{task}"
+
     def predictions(self, stage: str, task: str) -> Path:
         return self.root / "eval" / "predictions" / stage / f"{task}.jsonl"
+
+    @property
+    def merges(self) -> Path:
+        """Scores of merged results (`pecft merge-adapters --eval`), one row per merge."""
+        return self.root / "eval" / "merges.csv"
 
 
 def now() -> str:
@@ -189,18 +198,22 @@ def write_folder(path: Path, fill: Callable[[Path], None]) -> None:
         raise
 
 
-def write_matrix(path: Path, tasks: list[str], rows: dict[str, list[float | None]]) -> None:
-    """matrix.csv: header `stage,<task>...`, row `base`, then one row per trained task."""
+def write_matrix(
+    path: Path, tasks: list[str], rows: dict[str, list[float | None]], key: str = "stage"
+) -> None:
+    """matrix.csv: header `stage,<task>...`, row `base`, then one row per trained task.
+
+    merges.csv has the same shape with `merge` as the first column."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["stage", *tasks])
+    writer.writerow([key, *tasks])
     for stage, scores in rows.items():
         writer.writerow([stage, *("" if s is None else f"{s:.6f}" for s in scores)])
     write_text(path, buffer.getvalue())
 
 
-def read_matrix(path: Path) -> tuple[list[str], dict[str, list[float | None]]]:
-    """Task names and rows of a matrix.csv."""
+def read_matrix(path: Path, key: str = "stage") -> tuple[list[str], dict[str, list[float | None]]]:
+    """Task names and rows of a matrix.csv (or of a merges.csv, with key `merge`)."""
     try:
         with path.open(encoding="utf-8", newline="") as handle:
             reader = csv.reader(handle)
@@ -208,11 +221,11 @@ def read_matrix(path: Path) -> tuple[list[str], dict[str, list[float | None]]]:
             rows = {row[0]: [float(v) if v else None for v in row[1:]] for row in reader}
     except (StopIteration, ValueError, IndexError, UnicodeDecodeError) as exc:
         raise PecftError(
-            f"{path}: not a pecft matrix (a header `stage,<task>...` and rows of scores): {exc}."
+            f"{path}: not a pecft matrix (a header `{key},<task>...` and rows of scores): {exc}."
         ) from None
-    if header[:1] != ["stage"] or any(len(row) != len(header) - 1 for row in rows.values()):
+    if header[:1] != [key] or any(len(row) != len(header) - 1 for row in rows.values()):
         raise PecftError(
-            f"{path}: not a pecft matrix (a header `stage,<task>...` and rows of scores)."
+            f"{path}: not a pecft matrix (a header `{key},<task>...` and rows of scores)."
         )
     return header[1:], rows
 

@@ -27,5 +27,5 @@ class IncrementalLora(Strategy):
 
     def save_extras(self, model: PeftModel, index: int, root: Path) -> None:
         """Each task's own LoRA too, in task_loras/<NN>-<task>/, for merging."""
-        own = root / "task_loras" / f"{index + 1:02d}-{self.tasks[index]}"
+        own = runs.RunFolder(root).task_lora(index, self.tasks[index])
         runs.write_folder(own, partial(stacked.save_own, model, index))

@@ -1,0 +1,183 @@
+"""Answering prompts with a result: a run's stage, an adapter, or a merged model.
+
+Decoding is greedy (the same as exact-match scoring), so an answer here is the answer the
+evaluation saw. With a task named, each input fills the task's prompt template: a plain text
+fills a template with one field, a JSON object fills any template.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from pecft_cli.artifacts import Artifact, adapter_error, open_artifact
+from pecft_cli.data import encode, prompt_text, read_local
+from pecft_cli.errors import PecftError, did_you_mean
+from pecft_cli.evaluate import greedy_answers
+from pecft_cli.model import load_model, load_tokenizer
+from pecft_cli.recipe import Recipe, TaskSection, template_fields
+from pecft_cli.train import EventCallback, ignore
+
+FREE_MAX_NEW_TOKENS = 128
+
+
+@dataclass
+class Generation:
+    """What was asked, the prompt the model read, and its answer."""
+
+    input: str | dict[str, Any]
+    prompt: str
+    answer: str
+
+
+def generate(
+    source: Path,
+    inputs: list[str | dict[str, Any]],
+    *,
+    task: str | None = None,
+    stage: str | None = None,
+    base: str | None = None,
+    chat: bool = False,
+    max_new_tokens: int | None = None,
+    stop: list[str] | None = None,
+    batch_size: int = 16,
+    on_event: EventCallback = ignore,
+) -> list[Generation]:
+    """Load the result at `source` and answer every input greedily, in order."""
+    if not inputs:
+        raise PecftError("no prompts given; pass them as arguments or with --file.")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise PecftError(f"--max-new-tokens {max_new_tokens}: give a positive number of tokens.")
+    artifact = open_artifact(source, stage, base)
+    section = task_section(artifact, task) if task else None
+    if section is not None and chat:
+        raise PecftError("--chat: with --task, the task's own chat setting applies; drop --chat.")
+    tokenizer = load_tokenizer(artifact.base)
+    prompts = [
+        task_prompt(section, item, tokenizer, n)
+        if section
+        else free_prompt(item, tokenizer, chat, n)
+        for n, item in enumerate(inputs, start=1)
+    ]
+    if section is not None:
+        recipe = artifact.recipe()
+        assert recipe is not None
+        max_new_tokens = max_new_tokens or recipe.evaluation.max_new_tokens
+        stop = recipe.evaluation.stop if stop is None else stop
+    on_event("status", {"message": f"loading {artifact.path}"})
+    model = load_artifact(artifact)
+    answers = greedy_answers(
+        model,
+        tokenizer,
+        [ids for _, ids in prompts],
+        batch_size,
+        max_new_tokens or FREE_MAX_NEW_TOKENS,
+        stop or [],
+    )
+    return [
+        Generation(item, text, answer)
+        for item, (text, _), answer in zip(inputs, prompts, answers, strict=True)
+    ]
+
+
+def read_inputs(path: Path) -> list[str | dict[str, Any]]:
+    """Inputs from a file: rows of a .jsonl/.json/.csv/.parquet file, else one prompt per line."""
+    where = f"--file {path}"
+    if path.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
+        return list(read_local(path, where))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PecftError(f"{where}: no such file.") from None
+    except UnicodeDecodeError as exc:
+        raise PecftError(f"{where}: not UTF-8 text (byte {exc.start}: {exc.reason}).") from None
+    except OSError as exc:
+        raise PecftError(f"{where}: cannot be read ({exc.strerror}).") from None
+    return prompt_lines(text)
+
+
+def prompt_lines(text: str) -> list[str | dict[str, Any]]:
+    """One prompt per non-blank line (a prompt with line breaks goes in a .jsonl row)."""
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def load_artifact(artifact: Artifact) -> Any:
+    """The base model with the artifact's adapter applied (stock PEFT), in eval mode."""
+    model = load_model(artifact.base, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if artifact.adapter is not None:
+        try:
+            model = PeftModel.from_pretrained(model, artifact.adapter)
+        except Exception as exc:
+            raise adapter_error(artifact.adapter, exc) from None
+    return model.eval()
+
+
+def task_section(artifact: Artifact, name: str) -> TaskSection:
+    recipe: Recipe | None = artifact.recipe()
+    if recipe is None:
+        raise PecftError(
+            f"--task {name}: {artifact.path} does not come from a pecft run, so it has no task "
+            "templates; leave out --task and give the whole prompt."
+        )
+    names = [task.name for task in recipe.tasks]
+    if name not in names:
+        raise PecftError(
+            f"--task {name}: the run has no such task{did_you_mean(name, names) or '.'} "
+            f"Valid: {', '.join(names)}."
+        )
+    return recipe.tasks[names.index(name)]
+
+
+def task_prompt(
+    task: TaskSection, item: str | dict[str, Any], tokenizer: Any, number: int
+) -> tuple[str, list[int]]:
+    """A task's prompt for one input, tokenized as in training (trailing space to the answer)."""
+    where = f"prompt {number}"
+    row = item if isinstance(item, dict) else text_row(task, item, where)
+    text = prompt_text(task, row, tokenizer, where)
+    if not task.chat:
+        text = text.rstrip()
+    return text, encode(tokenizer, text, special=not task.chat)
+
+
+def text_row(task: TaskSection, text: str, where: str) -> dict[str, Any]:
+    """A plain-text input as a row: a JSON object as written, else the template's one field."""
+    if text.lstrip().startswith("{"):
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PecftError(
+                f"{where}: looks like a JSON object but does not parse ({exc})."
+            ) from None
+        if isinstance(row, dict):
+            return row
+    fields = template_fields(task.prompt)
+    if len(fields) != 1:
+        raise PecftError(
+            f"{where}: the prompt template of task '{task.name}' has the fields "
+            f"{', '.join(fields) or '(none)'}; give each input as a JSON object with them, e.g. "
+            f"{json.dumps({f: '...' for f in fields})}, or rows in a .jsonl file."
+        )
+    return {fields[0]: text}
+
+
+def free_prompt(
+    item: str | dict[str, Any], tokenizer: Any, chat: bool, number: int
+) -> tuple[str, list[int]]:
+    """A whole prompt as given, or wrapped in the model's chat template with `chat`."""
+    if isinstance(item, dict):
+        raise PecftError(
+            f"prompt {number}: a row of fields needs --task to name the template that uses them."
+        )
+    if not chat:
+        return item, encode(tokenizer, item, special=True)
+    if not getattr(tokenizer, "chat_template", None):
+        raise PecftError("--chat: the model's tokenizer has no chat template; leave out --chat.")
+    messages = [{"role": "user", "content": item}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return text, encode(tokenizer, text, special=False)

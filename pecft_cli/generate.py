@@ -80,8 +80,8 @@ def generate(
         stop or [],
     )
     return [
-        Generation(item, text, answer)
-        for item, (text, _), answer in zip(inputs, prompts, answers, strict=True)
+        Generation(item, text, answers[i])
+        for i, (item, (text, _)) in enumerate(zip(inputs, prompts, strict=True))
     ]
 
 

@@ -96,6 +96,9 @@ class TrainingSection(Section):
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(512, gt=1)
     log_every: int = Field(5, gt=0)
+    checkpoint_every: int = Field(
+        50, ge=0, description="save resumable state every N optimizer steps (0: at task ends)"
+    )
 
 
 class TrainingOverride(Section):
@@ -112,6 +115,7 @@ class TrainingOverride(Section):
     max_grad_norm: float | None = Field(None, gt=0)
     max_length: int | None = Field(None, gt=1)
     log_every: int | None = Field(None, gt=0)
+    checkpoint_every: int | None = Field(None, ge=0)
 
 
 Metric = Literal["exact_match", "choice", "rouge_l"]

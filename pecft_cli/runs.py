@@ -70,6 +70,11 @@ class RunFolder:
         return self.root / "eval" / "predictions" / stage / f"{task}.jsonl"
 
     @property
+    def checkpoint(self) -> Path:
+        """Resumable training state, while a run is unfinished: checkpoint/."""
+        return self.root / "checkpoint"
+
+    @property
     def merges(self) -> Path:
         """Scores of merged results (`pecft merge-adapters --eval`), one row per merge."""
         return self.root / "eval" / "merges.csv"
@@ -120,35 +125,94 @@ def read_state(folder: RunFolder) -> dict[str, Any] | None:
     return state
 
 
-def open_run_folder(root: Path, overwrite: bool) -> RunFolder:
-    """Claim the output folder for a new run, refusing to mix it with what is already there.
+LOCK_FILE = ".lock"
 
-    `overwrite` replaces an earlier pecft run (a folder with run.json) and nothing else, so a
-    mistyped output_dir can never empty an unrelated folder.
+
+class RunLock:
+    """One live `pecft train` per run folder: an exclusive `flock` on `<run>/.lock`.
+
+    The operating system drops the lock when the holding process dies, however it dies, so a
+    lock left by a killed run is simply taken over; the file records who holds it, for the
+    message a second run gets.
     """
-    folder = RunFolder(root)
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / LOCK_FILE
+        self.handle: Any = None
+
+    def acquire(self) -> None:
+        import fcntl
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown process"
+            handle.close()
+            raise PecftError(
+                f"output_dir: {self.path.parent} is in use by another pecft run ({holder}); "
+                "wait for it to finish, or choose another output_dir."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n")
+        handle.flush()
+        self.handle = handle
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing the descriptor drops the flock
+            self.handle = None
+
+
+def contents(root: Path) -> list[Path]:
+    """What a folder holds besides the lock file."""
+    return [p for p in root.iterdir() if p.name != LOCK_FILE] if root.is_dir() else []
+
+
+def check_output_folder(root: Path) -> None:
+    """Refuse an output folder that holds anything but a pecft run, before touching it."""
     if root.exists() and not root.is_dir():
         raise PecftError(
             f"output_dir: {root} exists and is not a folder; choose another output_dir."
         )
-    if root.is_dir() and any(root.iterdir()):
-        if not folder.state.is_file():
+    if contents(root) and not RunFolder(root).state.is_file():
+        raise PecftError(
+            f"output_dir: {root} already holds files that are not a pecft run; choose an "
+            "empty or new folder (set output_dir in the recipe or with --set output_dir=...)."
+        )
+
+
+def claim_run_folder(
+    root: Path, recipe_text: str, overwrite: bool
+) -> tuple[RunFolder, dict[str, Any] | None]:
+    """Prepare the (locked) output folder: a new run, or the earlier run of the same recipe.
+
+    Returns the earlier run's state when it is to be resumed (or is already complete). A folder
+    holding a run of another recipe is refused unless `overwrite`, which replaces an earlier
+    pecft run and nothing else, so a mistyped output_dir can never empty an unrelated folder.
+    """
+    folder = RunFolder(root)
+    if contents(root) and not overwrite:
+        state = read_state(folder)
+        same = folder.recipe.is_file() and folder.recipe.read_text(encoding="utf-8") == recipe_text
+        if state is None or not same:
             raise PecftError(
-                f"output_dir: {root} already holds files that are not a pecft run; choose an "
-                "empty or new folder (set output_dir in the recipe or with --set output_dir=...)."
+                f"output_dir: {root} holds a run of a different recipe; pass --overwrite to "
+                "replace it, or choose another folder with --set output_dir=...."
             )
-        if not overwrite:
-            raise PecftError(
-                f"output_dir: {root} already holds a run; pass --overwrite to replace it, or "
-                "choose another folder with --set output_dir=...."
-            )
-        shutil.rmtree(root)
+        return folder, state
     try:
+        for item in contents(root):
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
         for sub in ("adapters", "eval", "logs"):
             (root / sub).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise PecftError(f"output_dir: cannot create {root} ({exc.strerror}).") from None
-    return folder
+        raise PecftError(f"output_dir: cannot prepare {root} ({exc.strerror}).") from None
+    return folder, None
 
 
 def write_text(path: Path, text: str) -> None:

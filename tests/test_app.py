@@ -23,7 +23,7 @@ def snapshot(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".lock"  # who holds the run folder, rewritten by each run
     }
 
 
@@ -78,13 +78,18 @@ def test_resolved_recipe_reruns_to_the_same_matrix(recipe_file: Path) -> None:
     assert (run / "eval/matrix.csv").read_text() == first
 
 
-def test_existing_run_is_refused_without_overwrite(recipe_file: Path) -> None:
+def test_a_finished_run_says_so_and_another_recipe_is_refused(recipe_file: Path) -> None:
     assert invoke("train", recipe_file).exit_code == 0
     run = recipe_file.parent / "run"
     before = snapshot(run)
-    result = invoke("train", recipe_file)
+    again = invoke("train", recipe_file, "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["already_complete"] is True
+    assert "already complete" not in again.stdout
+    assert snapshot(run) == before
+    result = invoke("train", recipe_file, "--set", "training.lr=0.5")
     assert result.exit_code == 2
-    assert "already holds a run; pass --overwrite" in result.output
+    assert "holds a run of a different recipe; pass --overwrite" in " ".join(result.output.split())
     assert snapshot(run) == before
 
 

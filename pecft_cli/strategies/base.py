@@ -7,7 +7,7 @@ strategy module overrides only what it changes and the loop never branches on st
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -72,3 +72,11 @@ class Strategy:
 
     def save_extras(self, model: PeftModel, index: int, root: Path) -> None:
         """Write what else the strategy keeps in the run folder after task `index`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the strategy has learnt of earlier tasks (beyond the LoRA weights), for resuming:
+        tensors, numbers, strings and lists only, so a checkpoint loads with weights_only."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""

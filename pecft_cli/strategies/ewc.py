@@ -9,6 +9,7 @@ anchor is the weights after the latest task.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -54,6 +55,12 @@ class Ewc(Strategy):
             for name, parameter in model.named_parameters()
             if parameter.requires_grad
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fisher": self.fisher, "anchor": self.anchor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fisher, self.anchor = state["fisher"], state["anchor"]
 
 
 def fisher_diagonal(

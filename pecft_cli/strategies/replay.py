@@ -13,8 +13,9 @@ The selection is seeded, and the buffer is written to replay/buffer.jsonl after 
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from peft import PeftModel
 from pydantic import Field, model_validator
@@ -106,6 +107,21 @@ class Replay(Strategy):
 
     def save_adapter(self, model: PeftModel, index: int, folder: Path) -> None:
         self.inner.save_adapter(model, index, folder)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The buffer itself (examples as token ids), so a resumed run replays the same ones."""
+        return {
+            "inner": self.inner.state_dict(),
+            "buffer": [[task, asdict(example)] for task, example in self.buffer],
+            "seen": self.seen,
+            "rng": self.rng.getstate(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state["inner"])
+        self.buffer = [(task, Example(**fields)) for task, fields in state["buffer"]]
+        self.seen = state["seen"]
+        self.rng.setstate(state["rng"])
 
     def save_extras(self, model: PeftModel, index: int, root: Path) -> None:
         self.inner.save_extras(model, index, root)

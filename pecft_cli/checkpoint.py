@@ -1,0 +1,112 @@
+"""What a stopped run needs to continue exactly where it was: `<run>/checkpoint/`.
+
+A checkpoint holds every LoRA weight, the strategy's memory of earlier tasks, the optimizer and
+scheduler of the stage in progress, the position in that stage (optimizer steps done; the data
+order is fixed by the seed, so the loader replays it and skips what was trained) and the random
+generators of every process. It is written as a folder under a temporary name and renamed into
+place, so a crash mid-write leaves the previous checkpoint, never a torn one; it loads with
+`torch.load(weights_only=True)`, which runs no code from the file.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pecft_cli import runs
+from pecft_cli.errors import PecftError, first_line
+
+STATE_FILE = "state.pt"
+SUMMARY_FILE = "checkpoint.json"
+
+
+@dataclass
+class Checkpoint:
+    """Training state at a step boundary of stage `stage_index` (`step` optimizer steps done)."""
+
+    stage_index: int
+    step: int
+    lora: dict[str, torch.Tensor]
+    strategy: dict[str, Any]
+    rng: list[dict[str, Any]]
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mid_stage(self) -> bool:
+        return self.step > 0
+
+
+def lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every LoRA weight of the model (trainable or frozen), copied to the CPU."""
+    return {
+        name: parameter.detach().to("cpu", copy=True)
+        for name, parameter in model.named_parameters()
+        if "lora_" in name
+    }
+
+
+def load_lora_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
+    """Copy saved LoRA weights into a model that has the same adapters."""
+    parameters = dict(model.named_parameters())
+    missing = [name for name in state if name not in parameters]
+    if missing:
+        raise PecftError(
+            f"{where}: the checkpoint holds LoRA weights this run's model lacks ({missing[0]}); "
+            "it was written by a different recipe. Start over with --overwrite."
+        )
+    with torch.no_grad():
+        for name, value in state.items():
+            parameters[name].copy_(value)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random generators (those training draws from: dropout, data order)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder: runs.RunFolder, checkpoint: Checkpoint, stage: str) -> None:
+    """Publish the checkpoint in one rename, with a readable summary beside the state."""
+
+    def fill(scratch: Path) -> None:
+        torch.save(asdict(checkpoint), scratch / STATE_FILE)
+        summary = {
+            "stage_index": checkpoint.stage_index,
+            "stage": stage,
+            "step": checkpoint.step,
+            "processes": len(checkpoint.rng),
+            "written_at": runs.now(),
+        }
+        runs.write_json(scratch / SUMMARY_FILE, summary)
+
+    runs.write_folder(folder.checkpoint, fill)
+
+
+def load_checkpoint(folder: runs.RunFolder) -> Checkpoint | None:
+    """The run's checkpoint, or None when it has none."""
+    path = folder.checkpoint / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return Checkpoint(**state)
+    except Exception as exc:
+        raise PecftError(
+            f"{path}: the checkpoint does not load ({type(exc).__name__}: {first_line(exc)}); "
+            "the run cannot resume from it. Start over with --overwrite."
+        ) from None

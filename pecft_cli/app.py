@@ -87,7 +87,7 @@ def root(
 
 @app.command()
 @reports_errors
-def validate(recipe: RecipeArg, set_: SetOption = None) -> None:
+def validate(recipe: RecipeArg, set_: SetOption = None, as_json: JsonOption = False) -> None:
     """Check a recipe and its data and show each task's first example as the model sees it."""
     quiet_libraries()
     from pecft_cli.model import load_tokenizer
@@ -97,6 +97,28 @@ def validate(recipe: RecipeArg, set_: SetOption = None) -> None:
     parsed = load_recipe(recipe, set_)
     tokenizer = load_tokenizer(parsed.model)
     tasks = prepare_tasks(parsed, tokenizer)
+    if as_json:
+        document = {
+            "valid": True,
+            "name": parsed.name,
+            "strategy": parsed.strategy.name,
+            "output_dir": str(output_dir(parsed)),
+            "tasks": [
+                {
+                    "name": task.name,
+                    "metric": task.metric,
+                    "train_rows": task.train_rows,
+                    "train_too_long": task.too_long,
+                    "eval_rows": task.eval_rows,
+                    "eval_scored": len(task.eval),
+                    "first_prompt": tokenizer.decode(task.train[0].prompt_ids),
+                    "first_target": tokenizer.decode(task.train[0].target_ids),
+                }
+                for task in tasks
+            ],
+        }
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+        return
     out.print(
         f"[bold]{parsed.name}[/]: {len(tasks)} tasks, strategy {parsed.strategy.name}, "
         f"output {output_dir(parsed)}"
@@ -250,6 +272,8 @@ def eval_(
             out=out_dir,
             on_event=progress,
         )
+    if not is_main_process():
+        return
     if as_json:
         print_json(
             result.out,
@@ -435,8 +459,12 @@ def generate(
     from pecft_cli.generate import prompt_lines, read_inputs
 
     inputs: list[Any] = list(prompts or [])
-    if file is not None:
-        inputs += prompt_lines(sys.stdin.read()) if str(file) == "-" else read_inputs(file)
+    if file is not None and str(file) == "-":
+        if sys.stdin.isatty():
+            raise PecftError("--file -: standard input is a terminal; pipe the prompts in.")
+        inputs += prompt_lines(sys.stdin.read())
+    elif file is not None:
+        inputs += read_inputs(file)
     with TrainProgress() as progress:
         results = answer(
             source,

@@ -15,18 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
 from peft import PeftModel
 
 from pecft_cli import runs
 from pecft_cli.artifacts import adapter_config, adapter_error
 from pecft_cli.data import TaskData, load_task, read_local
 from pecft_cli.errors import PecftError, did_you_mean
-from pecft_cli.evaluate import score_task
+from pecft_cli.evaluate import combine, score_task
 from pecft_cli.metrics import stage_metrics
 from pecft_cli.model import load_model, load_tokenizer
 from pecft_cli.plot import save_heatmap
 from pecft_cli.recipe import Recipe, TaskSection, load_recipe
-from pecft_cli.train import EventCallback, ignore
+from pecft_cli.train import EventCallback, check_processes, ignore, on_main
 
 BASE = "base"
 
@@ -182,17 +184,26 @@ def evaluate_run(
     for stage in stage_names:
         if stage != BASE:
             adapter_config(trained.adapters[stage])
-    progress = Progress.open(out, settings)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    check_processes(accelerator)
+    main = accelerator.is_main_process
+    if not main:
+        on_event = ignore
+    scores = on_main(accelerator, lambda: Progress.open(out, settings).scores)
+    progress = Progress(out, settings, scores, writer=main)
     on_event("status", {"message": f"loading model {recipe.model.path}"})
-    model = load_model(recipe.model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(recipe.model, accelerator.device)
     for stage in stage_names:
         todo = [task for task in scored if not progress.done(stage, task.name)]
         if not todo:
             continue
         model = stage_model(model, stage, trained.adapters.get(stage))
         for task in todo:
-            score_cell(model, tokenizer, task, recipe, stage, progress, on_event)
-    return finish(trained, out, progress, task_names, [t.name for t in extras], started)
+            score_cell(accelerator, model, tokenizer, task, recipe, stage, progress, on_event)
+    extra_names = [t.name for t in extras]
+    if not main:
+        return EvalResult(out, trained.tasks, {}, None, {}, extra_names, progress.resumed, 0.0)
+    return finish(trained, out, progress, task_names, extra_names, started)
 
 
 def default_out(trained: TrainedRun, limit: int | None) -> Path:
@@ -214,6 +225,7 @@ def stage_model(model: Any, stage: str, adapter: Path | None) -> Any:
 
 
 def score_cell(
+    accelerator: Accelerator,
     model: Any,
     tokenizer: Any,
     task: TaskData,
@@ -222,30 +234,50 @@ def score_cell(
     progress: Progress,
     on_event: EventCallback,
 ) -> None:
-    """Score one task at one stage and record it, predictions first, so a resume can trust it."""
+    """Score one task at one stage (each process its share of the batches) and record it,
+    predictions first, so a resume can trust it."""
     started = time.perf_counter()
-    result = score_task(model, tokenizer, task, recipe.evaluation)
-    runs.write_jsonl(progress.predictions(stage, task.name), result.predictions)
+    shard = (accelerator.process_index, accelerator.num_processes)
+    result = score_task(model, tokenizer, task, recipe.evaluation, shard)
+    if accelerator.num_processes > 1:
+        result = combine(gather_object([result]))
+    if progress.writer:
+        runs.write_jsonl(progress.predictions(stage, task.name), result.predictions)
     progress.record(stage, task.name, result.score)
     on_event("eval", result.event(stage, time.perf_counter() - started))
 
 
 class Progress:
-    """The finished cells of an evaluation in progress, kept under `<out>/.progress/`."""
+    """The finished cells of an evaluation in progress, kept under `<out>/.progress/`; only the
+    main process (the writer) keeps the files, every process keeps the scores."""
 
-    def __init__(self, out: Path, settings: dict[str, Any], scores: dict[str, dict[str, float]]):
+    def __init__(
+        self,
+        out: Path,
+        settings: dict[str, Any],
+        scores: dict[str, dict[str, float]],
+        writer: bool = True,
+    ):
         self.out = out
         self.root = out / ".progress"
         self.settings = settings
         self.scores = scores
+        self.writer = writer
         self.resumed = sum(len(row) for row in scores.values())
 
     @classmethod
     def open(cls, out: Path, settings: dict[str, Any]) -> Progress:
-        """Resume the cells of an interrupted evaluation with the same settings; else start over."""
+        """Resume the cells of an interrupted evaluation with the same settings; else start over.
+        A cell counts as done only with its predictions on disk."""
         state = runs.read_json_file(out / ".progress" / "state.json")
         if state and state.get("settings") == settings:
-            return cls(out, settings, state["scores"])
+            progress = cls(out, settings, {})
+            for stage, row in state["scores"].items():
+                for task, score in row.items():
+                    if progress.predictions(stage, task).is_file():
+                        progress.scores.setdefault(stage, {})[task] = score
+            progress.resumed = sum(len(row) for row in progress.scores.values())
+            return progress
         shutil.rmtree(out / ".progress", ignore_errors=True)
         progress = cls(out, settings, {})
         progress.save()
@@ -255,11 +287,12 @@ class Progress:
         return self.root / "predictions" / stage / f"{task}.jsonl"
 
     def done(self, stage: str, task: str) -> bool:
-        return task in self.scores.get(stage, {}) and self.predictions(stage, task).is_file()
+        return task in self.scores.get(stage, {})
 
     def record(self, stage: str, task: str, score: float) -> None:
         self.scores.setdefault(stage, {})[task] = score
-        self.save()
+        if self.writer:
+            self.save()
 
     def save(self) -> None:
         runs.write_json(

@@ -24,8 +24,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from pecft_cli.errors import PecftError, first_line
-from pecft_cli.recipe import ModelSection
+from pecft_cli.errors import PecftError, did_you_mean, first_line
+from pecft_cli.recipe import LoraSection, ModelSection
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -158,6 +158,37 @@ def load_model(section: ModelSection, device: torch.device | str = "cpu") -> Pre
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model.requires_grad_(False)
     return model
+
+
+def check_lora_targets(lora: LoraSection, section: ModelSection) -> None:
+    """Check that every module named in lora.target_modules exists in the model, from its config
+    alone (the model is built on the meta device: no weights are read)."""
+    if lora.target_modules == "all-linear":
+        return
+    location = model_location(section)
+    try:
+        config = AutoConfig.from_pretrained(location, revision=section.revision)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError) as exc:
+        raise PecftError(
+            f"model.path: could not read the model config of '{section.path}' ({first_line(exc)})."
+        ) from None
+    names = [name for name, _ in skeleton.named_modules()]
+    for target in lora.target_modules:
+        if not any(name == target or name.endswith("." + target) for name in names):
+            linear = sorted(
+                {
+                    n.rsplit(".", 1)[-1]
+                    for n, m in skeleton.named_modules()
+                    if isinstance(m, torch.nn.Linear)
+                }
+            )
+            raise PecftError(
+                f"lora.target_modules: the model has no module '{target}'"
+                f"{did_you_mean(target, linear) or '.'} Its linear layers: {', '.join(linear)} "
+                "(or use all-linear)."
+            )
 
 
 def quantization_config(section: ModelSection) -> BitsAndBytesConfig | None:

@@ -51,7 +51,7 @@ from pecft_cli.data import TaskData, collate, load_task, training_features
 from pecft_cli.errors import PecftError, Preempted
 from pecft_cli.evaluate import combine, score_task
 from pecft_cli.metrics import stage_metrics
-from pecft_cli.model import load_model, load_tokenizer
+from pecft_cli.model import check_lora_targets, load_model, load_tokenizer
 from pecft_cli.plot import save_heatmap
 from pecft_cli.recipe import Recipe, TrainingSection, dump_recipe, output_dir
 from pecft_cli.strategies import build_strategy, strategy_label
@@ -77,7 +77,9 @@ class RunResult:
 
 
 def prepare_tasks(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> list[TaskData]:
-    """Every task's data, read and checked before anything is written or trained."""
+    """Every task's data, read and checked (with the LoRA targets) before anything is written
+    or trained."""
+    check_lora_targets(recipe.lora, recipe.model)
     return [load_task(task, recipe, tokenizer) for task in recipe.tasks]
 
 

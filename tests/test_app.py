@@ -159,3 +159,46 @@ def test_bad_input_exits_2_with_message_and_leaves_run_untouched(
     assert "\nerror: " in "\n" + result.output
     assert "Traceback" not in result.output
     assert snapshot(run) == before
+
+
+def test_every_command_prints_one_json_document_on_stdout(
+    recipe_file: Path, tmp_path: Path
+) -> None:
+    run = recipe_file.parent / "run"
+    commands = [
+        ["validate", recipe_file],
+        ["train", recipe_file],
+        ["eval", run, "--tasks", "codes"],
+        ["report", run],
+        ["report", run, run],
+        ["merge-adapters", run, "--into-base", "--tasks", "yesno", "--out", tmp_path / "m"],
+        ["generate", run, "--task", "codes", "France"],
+    ]
+    for command in commands:
+        result = invoke(*command, "--json")
+        assert result.exit_code == 0, (command, result.output)
+        json.loads(result.stdout)  # one document, nothing else on stdout
+
+
+@pytest.mark.parametrize(("env", "colored"), [({}, True), ({"NO_COLOR": "1"}, False)])
+def test_no_color_is_respected(recipe_file: Path, env: dict, colored: bool) -> None:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pecft_cli", "validate", str(recipe_file), "--set", "seed=x"],
+        env={**os.environ, "FORCE_COLOR": "1", **env},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert ("\x1b[" in done.stderr) is colored
+
+
+def test_lora_targets_the_model_lacks_are_refused_at_validate(recipe_file: Path) -> None:
+    result = invoke("validate", recipe_file, "--set", "lora.target_modules=[q_proj,v_prj]")
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "lora.target_modules: the model has no module 'v_prj'; did you mean 'v_proj'?" in message
+    assert "Its linear layers:" in message and "o_proj" in message

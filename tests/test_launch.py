@@ -106,3 +106,18 @@ def test_the_shell_layer_passes_shellcheck() -> None:
     assert len(scripts) >= 3
     done = subprocess.run([shellcheck, *scripts], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
+
+
+def test_two_cpu_ranks_evaluate_what_one_process_does(tmp_path: Path, tiny_model: Path) -> None:
+    trained = run(load_recipe(recipe_for(tmp_path, tiny_model, "seq")))
+    command, env = launch_command(2, ["eval", str(trained.folder), "--out", str(tmp_path / "two")])
+    done = subprocess.run(
+        command, env=env | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("results:") == 1
+    one = trained.folder / "eval"
+    assert (tmp_path / "two/matrix.csv").read_text() == (one / "matrix.csv").read_text()
+    for predictions in (one / "predictions").rglob("*.jsonl"):
+        relative = predictions.relative_to(one)
+        assert (tmp_path / "two" / relative).read_text() == predictions.read_text()

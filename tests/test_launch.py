@@ -4,8 +4,10 @@ trains; the shell layer passes shellcheck; a launch that did not form one group 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -121,3 +123,30 @@ def test_two_cpu_ranks_evaluate_what_one_process_does(tmp_path: Path, tiny_model
     for predictions in (one / "predictions").rglob("*.jsonl"):
         relative = predictions.relative_to(one)
         assert (tmp_path / "two" / relative).read_text() == predictions.read_text()
+
+
+def test_sigterm_to_a_relaunched_run_stops_every_rank_with_75(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    recipe = recipe_for(tmp_path, tiny_model, "seq")
+    settings = yaml.safe_load(recipe.read_text())
+    settings["training"].update({"max_steps": 400, "log_every": 1})
+    recipe.write_text(yaml.safe_dump(settings))
+    command = [sys.executable, "-m", "pecft_cli", "train", str(recipe), "--num-processes", "2"]
+    process = subprocess.Popen(
+        command,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = tmp_path / "run/logs/train.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 75, process.stderr.read()
+    state = json.loads((tmp_path / "run/run.json").read_text())
+    assert state["status"] == "preempted" and state["processes"] == 2
+    assert (tmp_path / "run/checkpoint/state.pt").is_file()

@@ -1,0 +1,269 @@
+"""Training throughput: pecft's task loop against a Hugging Face Trainer + PEFT baseline.
+
+Both train the same LoRA (r=8, alpha 16, q_proj and v_proj, no dropout) on the same base model
+(SmolLM2-135M-Instruct, or a random Llama of about 1B parameters with --model llama-1b), on the
+same batches of the quickstart tasks (all four, whose lengths vary) in the same order, with the
+same batch size, max length, AdamW settings, linear schedule and step count, one after the other
+in this process. Tokens are the non-padding tokens of those batches, identical for both.
+
+    .venv/bin/python bench/bench_training.py --steps 40 --repeats 2
+    .venv/bin/python bench/bench_training.py --strategies seq,olora,replay,ewc   # overhead
+
+Prints tokens/s and seconds per step of each, and the ratio last. With --strategies, it times
+pecft's step on the second task for each strategy (where olora's orthogonality term, replay's
+extra examples and EWC's penalty are active) against seq.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def quickstart_examples(max_length: int):
+    """Every quickstart task's training examples, in task order, and the tokenizer."""
+    from pecft_cli.model import load_tokenizer
+    from pecft_cli.recipe import load_recipe
+    from pecft_cli.train import prepare_tasks
+
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
+    tokenizer = load_tokenizer(recipe.model)
+    tasks = prepare_tasks(recipe, tokenizer)
+    examples = [e for task in tasks for e in task.train if len(e) <= max_length]
+    return recipe, tokenizer, tasks, examples
+
+
+def base_model(recipe, name: str, dtype: torch.dtype, device: str):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from pecft_cli.model import load_model
+
+    if name == "smollm2":
+        return load_model(recipe.model.model_copy(update={"dtype": dtype_name(dtype)}), device)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.requires_grad_(False)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
+
+
+def lora_section():
+    from pecft_cli.recipe import LoraSection
+
+    return LoraSection(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"])
+
+
+def training_section(args):
+    from pecft_cli.recipe import TrainingSection
+
+    return TrainingSection(
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=1e-3,
+        max_length=args.max_length,
+        log_every=args.steps,
+        checkpoint_every=0,
+    )
+
+
+def order(count: int, seed: int) -> list[int]:
+    """The example order pecft's loader draws for this seed: the DataLoader takes one number
+    from its generator when an epoch starts, then the RandomSampler a permutation."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    return torch.randperm(count, generator=generator).tolist()
+
+
+def time_pecft(model_factory, tokenizer, examples, args, strategy_name="seq", index=0) -> dict:
+    """One pecft task (train_task) on a fresh LoRA; wall time and tokens."""
+    from accelerate import Accelerator
+
+    from pecft_cli import runs
+    from pecft_cli.recipe import StrategySection
+    from pecft_cli.strategies import build_strategy
+    from pecft_cli.train import StopSignals, ignore, train_task
+
+    accelerator = Accelerator(cpu=args.device == "cpu")
+    options = {"per_task": 64} if strategy_name == "replay" else {}
+    section = StrategySection(name=strategy_name, options=options)
+    strategy = build_strategy(section, lora_section(), ["first", "second"], seed=0)
+    torch.manual_seed(0)
+    model = strategy.attach(model_factory())
+    settings = training_section(args)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = runs.RunFolder(Path(scratch))
+        (folder.root / "logs").mkdir()
+        half = len(examples) // 2
+        first, second = examples[:half], examples[half:]
+        if index == 1:  # let the strategy see a finished first task (Fisher, buffer, frozen LoRA)
+            strategy.before_task(model, 0)
+            strategy.after_task(model, 0, strategy.train_examples(0, first[:64]))
+        strategy.before_task(model, index)
+        batch = strategy.train_examples(index, second if index else examples)
+        started = time.perf_counter()
+        summary = train_task(
+            accelerator,
+            model,
+            tokenizer,
+            strategy,
+            "bench",
+            index,
+            1,
+            batch,
+            settings,
+            args.seed,
+            folder,
+            strategy.state_dict(),
+            None,
+            StopSignals(),
+            ignore,
+        )
+        seconds = time.perf_counter() - started
+    model.unload()  # the base model again, for the next measurement
+    return {"seconds": seconds, "tokens": summary["tokens"], "steps": args.steps}
+
+
+def time_trainer(model_factory, tokenizer, examples, args) -> dict:
+    """The same steps through transformers' Trainer on a PEFT model; wall time of train()."""
+    from peft import get_peft_model
+    from torch.utils.data import SequentialSampler
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from pecft_cli.data import training_features
+    from pecft_cli.strategies.base import lora_config
+
+    ordered = [training_features(examples[i]) for i in order(len(examples), args.seed)]
+    needed = args.steps * args.batch_size
+    features = (ordered * (needed // len(ordered) + 1))[:needed]
+
+    class SameOrder(Trainer):
+        def _get_train_sampler(self, *unused):
+            return SequentialSampler(self.train_dataset)
+
+    torch.manual_seed(0)
+    model = get_peft_model(model_factory(), lora_config(lora_section()))
+    with tempfile.TemporaryDirectory() as scratch:
+        arguments = TrainingArguments(
+            output_dir=scratch,
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.steps,
+            learning_rate=1e-3,
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            optim="adamw_torch",
+            logging_steps=args.steps,
+            save_strategy="no",
+            report_to=[],
+            seed=args.seed,
+            dataloader_num_workers=0,
+            use_cpu=args.device == "cpu",
+            bf16=args.dtype == "bfloat16",
+            disable_tqdm=True,
+        )
+        trainer = SameOrder(
+            model=model,
+            args=arguments,
+            train_dataset=features,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        )
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+    model.unload()
+    tokens = 0
+    for start in range(0, needed, args.batch_size):
+        tokens += sum(len(f["input_ids"]) for f in features[start : start + args.batch_size])
+    return {"seconds": seconds, "tokens": tokens, "steps": args.steps}
+
+
+def report(name: str, runs_: list[dict]) -> dict:
+    seconds = statistics.median(r["seconds"] for r in runs_)
+    tokens = runs_[0]["tokens"]
+    row = {
+        "name": name,
+        "tokens_per_s": tokens / seconds,
+        "s_per_step": seconds / runs_[0]["steps"],
+        "tokens": tokens,
+    }
+    print(
+        f"{name:<24} {row['tokens_per_s']:>10.1f} tok/s {row['s_per_step']:>8.3f} s/step "
+        f"({tokens} tokens, median of {len(runs_)})",
+        flush=True,
+    )
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", choices=["smollm2", "llama-1b"], default="smollm2")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--strategies", default=None, help="time these strategies against seq")
+    args = parser.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    dtype = getattr(torch, args.dtype)
+    recipe, tokenizer, _, examples = quickstart_examples(args.max_length)
+    cached = base_model(recipe, args.model, dtype, args.device)
+
+    def fresh():
+        return cached
+
+    print(
+        f"model {args.model} ({args.dtype}, {args.device}), {len(examples)} examples, batch "
+        f"{args.batch_size}, {args.steps} steps, torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
+    if args.strategies:
+        rows = {}
+        for name in ["seq", *[s for s in args.strategies.split(",") if s != "seq"]]:
+            timed = [
+                time_pecft(fresh, tokenizer, examples, args, name, 1) for _ in range(args.repeats)
+            ]
+            rows[name] = report(f"pecft {name} (task 2)", timed)
+        for name, row in rows.items():
+            print(f"{name} step time / seq: {row['s_per_step'] / rows['seq']['s_per_step']:.3f}")
+        return
+    pecft, trainer = [], []
+    for _ in range(args.repeats):
+        pecft.append(time_pecft(fresh, tokenizer, examples, args))
+        trainer.append(time_trainer(fresh, tokenizer, examples, args))
+    assert pecft[0]["tokens"] == trainer[0]["tokens"], (pecft[0]["tokens"], trainer[0]["tokens"])
+    ours, theirs = report("pecft task loop", pecft), report("Trainer + PEFT", trainer)
+    ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
+    print(f"ratio (pecft tokens/s / Trainer tokens/s): {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ anything else.
 from __future__ import annotations
 
 import csv
+import errno
 import functools
 import json
 import logging
@@ -60,8 +61,28 @@ def reports_errors(command: Callable[..., None]) -> Callable[..., None]:
             if is_main_process():
                 err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
             raise typer.Exit(BAD_INPUT) from None
+        except OSError as exc:
+            if exc.errno not in UNWRITABLE:
+                raise
+            if is_main_process():
+                err.print(Text(f"error: {unwritable(exc)}", style="red"), soft_wrap=True)
+            raise typer.Exit(BAD_INPUT) from None
 
     return wrapper
+
+
+UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def unwritable(exc: OSError) -> str:
+    """One paragraph for a disk that refuses a write: full, over quota, read-only, no access."""
+    where = exc.filename or "the output folder"
+    return (
+        f"cannot write {where}: {exc.strerror}. Every file pecft writes is put in place whole "
+        "(written under a temporary name, then renamed), so what was written before stays "
+        "intact; free space or choose a writable folder, then run the same command again (a "
+        "stopped training run resumes from its last checkpoint)."
+    )
 
 
 def quiet_libraries() -> None:

@@ -17,6 +17,7 @@ step, steps, loss, lr, tokens_per_s), `task_end` (task, index, seconds, first_lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -143,7 +144,8 @@ def run(recipe: Recipe, *, overwrite: bool = False, on_event: EventCallback = ig
                 state["finished_at"] = runs.now()
                 state["timings"]["wall_seconds"] = round(time.perf_counter() - started, 2)
                 if accelerator.is_main_process:
-                    runs.write_json(folder.state, state)
+                    with contextlib.suppress(OSError):  # a full disk must not hide the cause
+                        runs.write_json(folder.state, state)
                 raise
     finally:
         lock.release()

@@ -202,3 +202,33 @@ def test_lora_targets_the_model_lacks_are_refused_at_validate(recipe_file: Path)
     message = " ".join(result.output.split())
     assert "lora.target_modules: the model has no module 'v_prj'; did you mean 'v_proj'?" in message
     assert "Its linear layers:" in message and "o_proj" in message
+
+
+def test_a_full_disk_mid_run_is_a_clear_error_and_leaves_whole_files(
+    recipe_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from pecft_cli import runs
+
+    original, calls = runs.write_bytes, []
+
+    def fills_up(path, data):
+        calls.append(path)
+        if len(calls) > 6:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(path, data)
+
+    monkeypatch.setattr(runs, "write_bytes", fills_up)
+    result = invoke("train", recipe_file)
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "No space left on device" in message and "run the same command again" in message
+    assert "Traceback" not in result.output
+    run = recipe_file.parent / "run"
+    for path in run.rglob("*.json*"):
+        for line in (
+            path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]
+        ):
+            json.loads(line)
+    assert not [p for p in run.rglob(".*") if p.name != ".lock"]

@@ -192,6 +192,9 @@ class Recipe(Section):
     """A whole continual fine-tuning run."""
 
     name: str
+    pecft_version: str | None = Field(
+        None, description="the pecft that wrote this recipe (a run folder's recipe.yaml has it)"
+    )
     seed: int = 0
     output_dir: str | None = Field(None, description="run folder; default runs/<name>")
     model: ModelSection
@@ -282,7 +285,7 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise PecftError(f"{source}: " + explain(exc, raw)) from None
+        raise PecftError(f"{source}: {newer_pecft(raw)}" + explain(exc, raw)) from None
     from pecft_cli.strategies import check_strategy
 
     try:
@@ -290,6 +293,25 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     except PecftError as exc:
         raise PecftError(f"{source}: {exc}") from None
     return recipe
+
+
+def newer_pecft(raw: dict[str, Any]) -> str:
+    """A first sentence for a recipe written by a newer pecft, which may use keys unknown here."""
+    from packaging.version import InvalidVersion, Version
+
+    from pecft_cli import __version__
+
+    written = raw.get("pecft_version")
+    try:
+        newer = written is not None and Version(str(written)) > Version(__version__)
+    except InvalidVersion:
+        return ""
+    if not newer:
+        return ""
+    return (
+        f"this recipe was written by pecft {written}, newer than this pecft {__version__}; "
+        "upgrade pecft (pip install -U pecft-cli) to use it. "
+    )
 
 
 def explain(exc: ValidationError, raw: Any) -> str:
@@ -495,6 +517,9 @@ def output_dir(recipe: Recipe) -> Path:
 
 def dump_recipe(recipe: Recipe) -> str:
     """The resolved recipe as YAML that `pecft train` accepts as it is."""
+    from pecft_cli import __version__
+
     data = recipe.model_dump(mode="json")
+    data["pecft_version"] = __version__
     data["output_dir"] = str(output_dir(recipe))
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)

@@ -186,6 +186,22 @@ def check_output_folder(root: Path) -> None:
         )
 
 
+def same_recipe(path: Path, recipe_text: str) -> bool:
+    """Whether a run folder's recipe.yaml is this recipe (whichever pecft version wrote it)."""
+    import yaml
+
+    try:
+        written = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return False
+    wanted = yaml.safe_load(recipe_text)
+    if not isinstance(written, dict):
+        return False
+    written.pop("pecft_version", None)
+    wanted.pop("pecft_version", None)
+    return written == wanted
+
+
 def claim_run_folder(
     root: Path, recipe_text: str, overwrite: bool
 ) -> tuple[RunFolder, dict[str, Any] | None]:
@@ -198,7 +214,7 @@ def claim_run_folder(
     folder = RunFolder(root)
     if contents(root) and not overwrite:
         state = read_state(folder)
-        same = folder.recipe.is_file() and folder.recipe.read_text(encoding="utf-8") == recipe_text
+        same = folder.recipe.is_file() and same_recipe(folder.recipe, recipe_text)
         if state is None or not same:
             raise PecftError(
                 f"output_dir: {root} holds a run of a different recipe; pass --overwrite to "

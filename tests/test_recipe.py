@@ -128,8 +128,24 @@ def test_dumped_recipe_loads_back_identically(recipe_file: Path, tmp_path: Path)
     copy.parent.mkdir()
     copy.write_text(dump_recipe(recipe))
     again = load_recipe(copy)
-    assert again.model_dump() == recipe.model_dump() | {"output_dir": str(output_dir(recipe))}
+    from pecft_cli import __version__
+
+    written = {"output_dir": str(output_dir(recipe)), "pecft_version": __version__}
+    assert again.model_dump() == recipe.model_dump() | written
 
 
 def test_missing_recipe_file(tmp_path: Path) -> None:
     assert "no such recipe file" in error_of(tmp_path / "nope.yaml")
+
+
+def test_a_recipe_from_a_newer_pecft_says_so(recipe_file: Path) -> None:
+    edit(recipe_file, lambda r: r.update(pecft_version="9.0", future_key=1))
+    message = error_of(recipe_file)
+    assert "written by pecft 9.0, newer than this pecft" in message
+    assert "future_key: unknown key" in message
+
+
+def test_the_written_recipe_records_its_pecft_version(recipe_file: Path) -> None:
+    from pecft_cli import __version__
+
+    assert yaml.safe_load(dump_recipe(load_recipe(recipe_file)))["pecft_version"] == __version__

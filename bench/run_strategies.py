@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import shlex
 import statistics
 import subprocess
@@ -33,6 +35,7 @@ STRATEGIES: dict[str, list[str]] = {
     "joint": ["strategy.name=joint"],
 }
 METRICS = ("acc", "bwt", "fwt", "forgetting")
+NOTES = "## Reading the numbers"  # written by hand; kept when the tables are rewritten
 
 
 def run_once(strategy: str, seed: int, runs: Path) -> Path:
@@ -75,7 +78,46 @@ def summarize(strategy: str, folders: list[Path]) -> dict[str, str]:
     return row
 
 
-def write_results(rows: list[dict[str, str]], command: str, out: Path, runs: Path) -> None:
+def task_rows(strategy: str, folders: list[Path]) -> dict[str, str]:
+    """Per task (all but the last): its score just after learning it, its lowest score at any
+    later stage, and its final score; means over seeds, in percent."""
+    cells: dict[str, list[tuple[float, float, float]]] = {}
+    for folder in folders:
+        lines = (folder / "eval/matrix.csv").read_text().splitlines()
+        header, rows = lines[0].split(",")[1:], [line.split(",") for line in lines[1:]]
+        matrix = {row[0]: [float(v) for v in row[1:]] for row in rows}
+        stages = json.loads((folder / "run.json").read_text())["stages"]
+        if stages != header:
+            return {}
+        for j, task in enumerate(header[:-1]):
+            later = [matrix[stage][j] for stage in stages[j + 1 :]]
+            cells.setdefault(task, []).append((matrix[task][j], min(later), later[-1]))
+    row = {"strategy": strategy}
+    for task, values in cells.items():
+        learned, lowest, final = (100 * statistics.fmean(v[k] for v in values) for k in range(3))
+        row[task] = f"{learned:.0f} → {lowest:.0f} → {final:.0f}"
+    return row
+
+
+def cpu_name() -> str:
+    """The CPU model, for the record of where a benchmark ran."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def write_results(
+    rows: list[dict[str, str]],
+    per_task: list[dict[str, str]],
+    command: str,
+    out: Path,
+    runs: Path,
+) -> None:
+    first = next(runs.glob("*/run.json"))
+    versions = json.loads(first.read_text())["versions"]
     header = [
         "strategy",
         "seeds",
@@ -95,7 +137,10 @@ def write_results(rows: list[dict[str, str]], command: str, out: Path, runs: Pat
         "choice), currency_code (generation); 2 epochs per task. Metrics in percent, mean ± sample",
         "standard deviation over seeds; `trainable` is the largest number of LoRA weights trained",
         "in one task; wall time is the whole run (training and every evaluation); peak RSS is the",
-        "largest resident memory of one run.",
+        "largest resident memory of one run. Machine: "
+        f"{cpu_name()}, {os.cpu_count()} CPU cores; pecft "
+        f"{versions.get('pecft-cli')}, torch {versions.get('torch')}, transformers "
+        f"{versions.get('transformers')}, peft {versions.get('peft')} (from the runs' run.json).",
         "",
         "Reproduce with:",
         "",
@@ -118,9 +163,25 @@ def write_results(rows: list[dict[str, str]], command: str, out: Path, runs: Pat
         lines.append("| " + " | ".join(cells) + " |")
     if any(row["seeds"] == "1" for row in rows):
         lines += ["", "Rows from a single seed show no spread; they are one run, not an average."]
+    per_task = [row for row in per_task if len(row) > 1]
+    if per_task:
+        tasks = [key for key in per_task[0] if key != "strategy"]
+        lines += [
+            "",
+            "Where the forgetting happens: for each task but the last, its score just after it "
+            "was learned → its lowest score at any later stage → its final score (percent, "
+            "means over seeds).",
+            "",
+            "| strategy | " + " | ".join(tasks) + " |",
+            "|" + "---|" * (len(tasks) + 1),
+        ]
+        lines += ["| " + " | ".join(row.values()) + " |" for row in per_task]
     lines += ["", f"Run folders: `{runs.relative_to(ROOT)}/<strategy>-seed<N>/`.", ""]
+    kept = ""
+    if out.is_file() and NOTES in out.read_text(encoding="utf-8"):
+        kept = NOTES + out.read_text(encoding="utf-8").split(NOTES, 1)[1]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines), encoding="utf-8")
+    out.write_text("\n".join(lines) + ("\n" + kept if kept else ""), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,15 +196,16 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = []
+    rows, per_task = [], []
     for strategy in strategies:
         folders = [run_once(strategy, seed, args.runs.resolve()) for seed in seeds]
         rows.append(summarize(strategy, folders))
+        per_task.append(task_rows(strategy, folders))
         print(rows[-1], flush=True)
     command = ".venv/bin/python bench/run_strategies.py " + shlex.join(
         ["--strategies", args.strategies, "--seeds", args.seeds]
     )
-    write_results(rows, command, args.results.resolve(), args.runs.resolve())
+    write_results(rows, per_task, command, args.results.resolve(), args.runs.resolve())
 
 
 if __name__ == "__main__":

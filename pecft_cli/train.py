@@ -174,6 +174,8 @@ def train_stream(
             f"{folder.root}: the run stopped after {len(state['tasks_done'])} task(s) but left no "
             "checkpoint to resume from; start over with --overwrite."
         )
+    if checkpoint is None and state.get("resumed_at") and main:
+        runs.write_text(folder.train_log, "")  # nothing was kept: the log starts over too
     on_event("status", {"message": f"loading model {recipe.model.path}"})
     base = load_model(recipe.model, accelerator.device)
     # Seed again here: loading (and a first GGUF conversion) may draw from the random generators,

@@ -105,12 +105,15 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(
     assert not (tmp_path / "killed/checkpoint").exists()
 
 
-def test_sigterm_checkpoints_exits_75_and_resumes(tmp_path: Path, tiny_model: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_checkpoints_exits_75_and_resumes(
+    stop: signal.Signals, tmp_path: Path, tiny_model: Path
+) -> None:
     reference = run(load_recipe(long_recipe(tmp_path, tiny_model, STRATEGIES["seq"], "ref")))
     recipe = long_recipe(tmp_path, tiny_model, STRATEGIES["seq"], "stopped")
     process = start(recipe)
     wait_for_step(process, tmp_path / "stopped/logs/train.jsonl", task_index=0, step=4)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop)
     assert process.wait(timeout=60) == 75, process.stderr.read()
     assert "Run the same command again to resume" in process.stderr.read()
     state = json.loads((tmp_path / "stopped/run.json").read_text())

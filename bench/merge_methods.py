@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PECFT = Path(sys.executable).parent / "pecft"
 DENSITY = "0.5"
+NOTES = "## Reading the numbers"  # written by hand; kept when the tables are rewritten
 
 # Each merge as merge-adapters options; the pruning methods keep half of the weights.
 MERGES: dict[str, list[str]] = {
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         run = run.resolve()
         results = {name: merge(run, name, args.out / run.name) for name in names}
         lines += table(run, results)
+    if args.results.is_file() and NOTES in args.results.read_text(encoding="utf-8"):
+        lines += [NOTES + args.results.read_text(encoding="utf-8").split(NOTES, 1)[1]]
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))

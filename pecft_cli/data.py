@@ -379,20 +379,16 @@ def training_features(example: Example) -> dict[str, list[int]]:
 
 
 def collate(features: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-pad a batch to its own longest sequence (dynamic padding), with position ids that
-    count real tokens only. Every answer then ends at the last position, so the logits of the
-    last few positions are all the loss needs (see `answer_loss`)."""
+    """Right-pad a batch to its own longest sequence (dynamic padding)."""
     width = max(len(f["input_ids"]) for f in features)
-    input_ids, labels, mask, positions = [], [], [], []
+    input_ids, labels, mask = [], [], []
     for f in features:
         pad = width - len(f["input_ids"])
-        input_ids.append([pad_id] * pad + f["input_ids"])
-        labels.append([IGNORE_INDEX] * pad + f["labels"])
-        mask.append([0] * pad + [1] * len(f["input_ids"]))
-        positions.append([0] * pad + list(range(len(f["input_ids"]))))
+        input_ids.append(f["input_ids"] + [pad_id] * pad)
+        labels.append(f["labels"] + [IGNORE_INDEX] * pad)
+        mask.append([1] * len(f["input_ids"]) + [0] * pad)
     return {
         "input_ids": torch.tensor(input_ids),
         "labels": torch.tensor(labels),
         "attention_mask": torch.tensor(mask),
-        "position_ids": torch.tensor(positions),
     }

@@ -48,7 +48,7 @@ from pecft_cli.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pecft_cli.data import IGNORE_INDEX, TaskData, collate, load_task, training_features
+from pecft_cli.data import TaskData, collate, load_task, training_features
 from pecft_cli.errors import PecftError, Preempted
 from pecft_cli.evaluate import combine, score_task
 from pecft_cli.metrics import stage_metrics
@@ -384,7 +384,7 @@ def train_task(
             loss = torch.zeros((), device=device)
             if share:
                 batch = {k: v.to(device) for k, v in collate(share, tokenizer.pad_token_id).items()}
-                loss = answer_loss(model, batch) * (answer_tokens / global_tokens)
+                loss = model(**batch).loss * (answer_tokens / global_tokens)
                 window_tokens += int(batch["attention_mask"].sum())
             extra = strategy.extra_loss(model, index)
             total_loss = loss if extra is None else loss + extra / world
@@ -458,29 +458,6 @@ def train_task(
     }
     on_event("task_end", {"task": name, "index": index, **summary})
     return summary
-
-
-def answer_loss(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens, with logits only where answers are predicted.
-
-    Batches are left-padded, so every answer ends at the last position: the logits of the last
-    (longest answer + 1) positions cover every answer token, and the language-model head (a
-    vocabulary-wide matrix, a large share of a small model's compute) runs on those alone.
-    """
-    labels = batch["labels"]
-    first = int((labels != IGNORE_INDEX).int().argmax(dim=1).min())
-    keep = labels.shape[1] - first + 1
-    output = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        logits_to_keep=keep,
-    )
-    logits = output.logits[:, :-1].float()
-    targets = labels[:, labels.shape[1] - keep + 1 :]
-    return torch.nn.functional.cross_entropy(
-        logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX
-    )
 
 
 def reduce_sum(accelerator: Accelerator, value: float) -> float:

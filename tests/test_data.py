@@ -125,15 +125,14 @@ def test_chat_template_wraps_prompt(recipe_file: Path, tokenizer) -> None:
     assert example.target == "FRA"
 
 
-def test_collate_left_pads_to_longest_in_batch() -> None:
+def test_collate_pads_to_longest_in_batch() -> None:
     batch = collate(
         [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}],
         pad_id=0,
     )
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 5]]
-    assert batch["labels"].tolist() == [[-100, 6, 7], [-100, -100, 5]]
-    assert torch.equal(batch["attention_mask"], torch.tensor([[1, 1, 1], [0, 0, 1]]))
-    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
+    assert torch.equal(batch["attention_mask"], torch.tensor([[1, 1, 1], [1, 0, 0]]))
 
 
 def test_tokenizer_without_pad_gets_eos(tokenizer, tiny_model: Path) -> None:

@@ -112,24 +112,3 @@ def test_the_seed_does_not_depend_on_what_loading_draws(
         }
         for task, summary in plain.state["training"].items()
     }
-
-
-def test_answer_only_logits_give_the_loss_of_each_example_alone(tiny_model: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from pecft_cli.data import collate
-    from pecft_cli.train import answer_loss
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
-    features = [
-        {"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, -100, 8, 9, 10]},
-        {"input_ids": [3, 4, 5], "labels": [-100, 4, 5]},
-    ]
-    with torch.no_grad():
-        batched = answer_loss(model, collate(features, pad_id=0))
-        sums = []
-        for f in features:
-            ids, labels = torch.tensor([f["input_ids"]]), torch.tensor([f["labels"]])
-            sums.append(model(input_ids=ids, labels=labels).loss * (labels[0, 1:] != -100).sum())
-    torch.testing.assert_close(batched, sum(sums) / 5, atol=1e-5, rtol=1e-5)

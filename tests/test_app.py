@@ -232,3 +232,17 @@ def test_a_full_disk_mid_run_is_a_clear_error_and_leaves_whole_files(
         ):
             json.loads(line)
     assert not [p for p in run.rglob(".*") if p.name != ".lock"]
+
+
+def test_secrets_in_the_environment_never_reach_the_run_folder(
+    recipe_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "hf_not_a_real_token_4d1f9"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    result = invoke("train", recipe_file, "--json")
+    assert result.exit_code == 0, result.output
+    assert secret not in result.output
+    for path in (recipe_file.parent / "run").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

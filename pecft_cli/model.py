@@ -168,11 +168,17 @@ def check_lora_targets(lora: LoraSection, section: ModelSection) -> None:
     location = model_location(section)
     try:
         config = AutoConfig.from_pretrained(location, revision=section.revision)
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
     except (OSError, ValueError) as exc:
         raise PecftError(
             f"model.path: could not read the model config of '{section.path}' ({first_line(exc)})."
+        ) from None
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except ValueError as exc:
+        raise PecftError(
+            f"model.path: '{section.path}' (a {config.model_type} model) is not a causal language "
+            f"model that transformers can load ({first_line(exc)})."
         ) from None
     names = [name for name, _ in skeleton.named_modules()]
     for target in lora.target_modules:

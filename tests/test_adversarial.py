@@ -1,0 +1,236 @@
+"""Bad input across the commands: each case exits 2 with one paragraph naming what is wrong and
+where, no traceback, and leaves everything already on disk as it was."""
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import write_jsonl
+from test_app import invoke, snapshot
+
+from pecft_cli.recipe import load_recipe
+from pecft_cli.train import run
+
+Setup = Callable[[Path], list]  # prepares the case under a folder, returns the command line
+
+
+def recipe_case(*overrides: str) -> Setup:
+    return lambda folder: [
+        "train",
+        folder / "recipe.yaml",
+        *[a for o in overrides for a in ("--set", o)],
+    ]
+
+
+def rewrite(relative: str, content: bytes | str, *args: str) -> Setup:
+    def setup(folder: Path) -> list:
+        target = folder / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content)
+        return ["train", folder / "recipe.yaml", *args]
+
+    return setup
+
+
+def rows(relative: str, data: list[dict]) -> Setup:
+    def setup(folder: Path) -> list:
+        write_jsonl(folder / relative, data)
+        return ["train", folder / "recipe.yaml"]
+
+    return setup
+
+
+def not_a_causal_lm(folder: Path) -> list:
+    from transformers import ViTConfig
+
+    model = folder / "vit"
+    model.mkdir()
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(model)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(load_recipe(folder / "recipe.yaml").model.path) / name, model / name)
+    return ["train", folder / "recipe.yaml", "--set", f"model.path={model}"]
+
+
+def newer_recipe(folder: Path) -> list:
+    recipe = yaml.safe_load((folder / "recipe.yaml").read_text())
+    recipe.update(pecft_version="99.0", future={"key": 1})
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return ["train", folder / "recipe.yaml"]
+
+
+def occupied_output(folder: Path) -> list:
+    (folder / "run").mkdir()
+    (folder / "run" / "notes.txt").write_text("mine")
+    return ["train", folder / "recipe.yaml"]
+
+
+def output_is_a_file(folder: Path) -> list:
+    (folder / "run").write_text("a file")
+    return ["train", folder / "recipe.yaml"]
+
+
+TRAIN_CASES: dict[str, tuple[Setup, str]] = {
+    "malformed yaml": (rewrite("recipe.yaml", "name: [unclosed\n"), "not valid YAML at line"),
+    "recipe not a mapping": (rewrite("recipe.yaml", "- a\n- b\n"), "a recipe is a YAML mapping"),
+    "recipe not utf-8": (rewrite("recipe.yaml", b"name: \xff\xfe\n"), "not UTF-8"),
+    "missing recipe": (lambda f: ["train", f / "nope.yaml"], "no such recipe file"),
+    "wrong type": (recipe_case("training.batch_size=many"), "training.batch_size"),
+    "zero size": (recipe_case("training.batch_size=0"), "greater than 0"),
+    "negative lr": (recipe_case("training.lr=-0.1"), "training.lr"),
+    "negative rank": (recipe_case("lora.r=-4"), "lora.r"),
+    "dropout of one": (recipe_case("lora.dropout=1"), "lora.dropout"),
+    "empty task list": (recipe_case("tasks=[]"), "tasks"),
+    "duplicate task names": (recipe_case("tasks.1.name=codes"), "appears twice"),
+    "unknown key": (recipe_case("training.epoch=2"), "did you mean 'epochs'"),
+    "unknown strategy": (recipe_case("strategy.name=olra"), "did you mean 'olora'"),
+    "replay fraction above one": (
+        recipe_case("strategy.name=replay", "strategy.options.fraction=1.5"),
+        "strategy.options.fraction",
+    ),
+    "missing lora target": (recipe_case("lora.target_modules=[q_prj]"), "no module 'q_prj'"),
+    "missing data file": (recipe_case("tasks.0.train=nowhere.jsonl"), "does not exist"),
+    "unknown data extension": (
+        lambda f: rewrite("data.txt", "France FRA\n")(f) + ["--set", "tasks.0.train=data.txt"],
+        "unknown extension",
+    ),
+    "empty eval data": (rewrite("data/codes/eval.jsonl", ""), "holds no rows"),
+    "non-utf-8 data": (rewrite("data/codes/train.jsonl", b'{"country": "\xff"}\n'), "not UTF-8"),
+    "broken json line": (
+        rewrite("data/codes/train.jsonl", '{"country": "France", "code": "FRA"}\n{"country": \n'),
+        "line 2",
+    ),
+    "ragged csv": (
+        lambda f: (
+            rewrite("data/codes/train.csv", "country,code\nFrance,FRA\nJapan\n")(f)
+            + ["--set", "tasks.0.train=data/codes/train.csv"]
+        ),
+        "different number of fields",
+    ),
+    "row missing a field": (rows("data/codes/train.jsonl", [{"code": "FRA"}]), "'country'"),
+    "empty target": (
+        rows("data/codes/train.jsonl", [{"country": "France", "code": " "}]),
+        "target is empty",
+    ),
+    "target outside the choices": (
+        rows("data/yesno/train.jsonl", [{"q": "Is it?", "a": "perhaps"}]),
+        "not one of the choices",
+    ),
+    "every example longer than max_length": (
+        recipe_case("training.max_length=3"),
+        "every example is longer than training.max_length",
+    ),
+    "template with attribute access": (
+        recipe_case("tasks.0.prompt={country.__class__}"),
+        "not a plain field name",
+    ),
+    "model folder missing": (recipe_case("model.path=/no/such/model"), "does not exist"),
+    "model that is not a causal LM": (not_a_causal_lm, "not a causal language model"),
+    "output folder of someone else": (occupied_output, "not a pecft run"),
+    "output path is a file": (output_is_a_file, "is not a folder"),
+    "recipe from a newer pecft": (newer_recipe, "newer than this pecft"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_CASES))
+def test_train_refuses(case: str, recipe_file: Path) -> None:
+    folder = recipe_file.parent
+    setup, message = TRAIN_CASES[case]
+    command = setup(folder)
+    before = snapshot(folder)
+    result = invoke(*command)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output
+    assert snapshot(folder) == before
+    if (folder / "run").is_dir():
+        assert (folder / "run" / "run.json").exists() is False
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    from conftest import write_recipe
+
+    folder = tmp_path_factory.mktemp("trained")
+    run(load_recipe(write_recipe(folder, tiny_model)))
+    return folder / "run"
+
+
+def corrupt(relative: str, content: bytes) -> Callable[[Path], None]:
+    def damage(run_dir: Path) -> None:
+        (run_dir / relative).write_bytes(content)
+
+    return damage
+
+
+def newer_format(run_dir: Path) -> None:
+    state = json.loads((run_dir / "run.json").read_text())
+    state["format_version"] = 99
+    (run_dir / "run.json").write_text(json.dumps(state))
+
+
+def keep(run_dir: Path) -> None:
+    """No damage: the command line itself is wrong."""
+
+
+RUN_CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
+    "eval: not a run folder": (
+        lambda r: (r / "run.json").unlink(),
+        ["eval", "{run}"],
+        "not a pecft run folder",
+    ),
+    "eval: corrupted run.json": (
+        corrupt("run.json", b"{half"),
+        ["eval", "{run}"],
+        "not a readable JSON",
+    ),
+    "eval: run from a newer pecft": (newer_format, ["eval", "{run}"], "run folder format 99"),
+    "eval: truncated adapter": (
+        corrupt("adapters/01-codes/adapter_model.safetensors", b"\x00" * 10),
+        ["eval", "{run}"],
+        "the adapter does not load",
+    ),
+    "eval: zero limit": (keep, ["eval", "{run}", "--limit", "0"], "positive number of examples"),
+    "eval: unknown stage": (keep, ["eval", "{run}", "--stages", "9"], "no stage '9'"),
+    "eval: misspelt task": (keep, ["eval", "{run}", "--tasks", "codez"], "did you mean 'codes'"),
+    "eval: extra data without target": (
+        lambda r: write_jsonl(r.parent / "extra.jsonl", [{"prompt": "x"}]),
+        ["eval", "{run}", "--data", "{run}/../extra.jsonl"],
+        "needs the fields prompt and target",
+    ),
+    "report: corrupted matrix": (
+        corrupt("eval/matrix.csv", b"stage,codes\nbase,not-a-number\n"),
+        ["report", "{run}"],
+        "not a pecft matrix",
+    ),
+    "report: no matrix": (
+        lambda r: (r / "eval/matrix.csv").unlink(),
+        ["report", "{run}"],
+        "has no eval/matrix.csv",
+    ),
+    "report: two formats": (keep, ["report", "{run}", "--json", "--csv"], "choose one"),
+    "merge: not an adapter": (
+        keep,
+        ["merge-adapters", "{run}/eval", "--out", "{run}/../m"],
+        "not an adapter folder",
+    ),
+    "generate: unknown task": (keep, ["generate", "{run}", "--task", "code", "x"], "did you mean"),
+}
+
+
+@pytest.mark.parametrize("case", list(RUN_CASES))
+def test_run_commands_refuse(case: str, trained: Path, tmp_path: Path) -> None:
+    run_dir = Path(shutil.copytree(trained, tmp_path / "run"))
+    damage, command, message = RUN_CASES[case]
+    damage(run_dir)
+    before = snapshot(tmp_path)
+    result = invoke(*[part.replace("{run}", str(run_dir)) for part in command])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output
+    assert snapshot(tmp_path) == before

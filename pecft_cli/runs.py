@@ -11,6 +11,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -168,6 +169,9 @@ class RunLock:
             self.handle = None
 
 
+TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}$")  # `.<name>.` + mkstemp's 8 random characters
+
+
 def contents(root: Path) -> list[Path]:
     """What a folder holds besides the lock file."""
     return [p for p in root.iterdir() if p.name != LOCK_FILE] if root.is_dir() else []
@@ -179,7 +183,7 @@ def check_output_folder(root: Path) -> None:
         raise PecftError(
             f"output_dir: {root} exists and is not a folder; choose another output_dir."
         )
-    if contents(root) and not RunFolder(root).state.is_file():
+    if contents(root) and not RunFolder(root).state.is_file() and not own(root):
         raise PecftError(
             f"output_dir: {root} already holds files that are not a pecft run; choose an "
             "empty or new folder (set output_dir in the recipe or with --set output_dir=...)."
@@ -202,6 +206,27 @@ def same_recipe(path: Path, recipe_text: str) -> bool:
     return written == wanted
 
 
+def own(root: Path) -> bool:
+    """Whether the folder holds only what a run killed before writing its state leaves: empty
+    adapters/eval/logs folders, temporaries, and the recipe.yaml pecft wrote."""
+    for item in contents(root):
+        if TEMPORARY.match(item.name):
+            continue
+        if item.is_dir() and item.name in ("adapters", "eval", "logs") and not any(item.iterdir()):
+            continue
+        if item.name == "recipe.yaml" and "pecft_version:" in item.read_text(errors="replace"):
+            continue
+        return False
+    return True
+
+
+def sweep_temporaries(root: Path) -> None:
+    """Remove the temporaries of writes that a killed process never finished."""
+    for item in sorted(root.rglob(".*"), reverse=True):
+        if TEMPORARY.match(item.name):
+            shutil.rmtree(item) if item.is_dir() else item.unlink(missing_ok=True)
+
+
 def claim_run_folder(
     root: Path, recipe_text: str, overwrite: bool
 ) -> tuple[RunFolder, dict[str, Any] | None]:
@@ -212,14 +237,15 @@ def claim_run_folder(
     pecft run and nothing else, so a mistyped output_dir can never empty an unrelated folder.
     """
     folder = RunFolder(root)
-    if contents(root) and not overwrite:
-        state = read_state(folder)
+    state = read_state(folder) if contents(root) else None
+    if state is not None and not overwrite:
         same = folder.recipe.is_file() and same_recipe(folder.recipe, recipe_text)
-        if state is None or not same:
+        if not same:
             raise PecftError(
                 f"output_dir: {root} holds a run of a different recipe; pass --overwrite to "
                 "replace it, or choose another folder with --set output_dir=...."
             )
+        sweep_temporaries(root)
         return folder, state
     try:
         for item in contents(root):

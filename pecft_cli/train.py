@@ -202,6 +202,13 @@ def train_stream(
     first = 0
     if checkpoint is not None:
         first = checkpoint.stage_index
+        # What finished is what the matrix holds: a kill may fall between a row and the state.
+        state["tasks_done"] = [
+            names[i] for stage, members in stages[:first] if stage in matrix for i in members
+        ]
+        if not checkpoint.mid_stage and first > 0:
+            stage = stages[first - 1][0]
+            state["training"].setdefault(stage, checkpoint.progress.get("summary"))
         for index in range(first):
             strategy.before_task(model, index)
         strategy.load_state_dict(checkpoint.strategy)
@@ -262,7 +269,14 @@ def train_stream(
         state["trainable_parameters"] = max(
             state["trainable_parameters"], summary["trainable_parameters"]
         )
-        boundary = Checkpoint(index + 1, 0, lora_state(model), strategy.state_dict(), [])
+        boundary = Checkpoint(
+            index + 1,
+            0,
+            lora_state(model),
+            strategy.state_dict(),
+            [],
+            progress={"summary": summary},
+        )
         write_checkpoint(accelerator, folder, stage, boundary)
         if main:
             runs.write_json(folder.state, state)

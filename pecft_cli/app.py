@@ -45,6 +45,21 @@ SetOption = Annotated[
 ]
 
 
+TrustOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Let a model run its own Python code (its recipe must set trust_remote_code too).",
+    ),
+]
+
+
+def allow_remote_code(flag: bool) -> None:
+    """The command line's half of the two-key opt-in (the recipe holds the other half)."""
+    if flag:
+        os.environ["PECFT_TRUST_REMOTE_CODE"] = "1"
+
+
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")
 ]
@@ -108,9 +123,15 @@ def root(
 
 @app.command()
 @reports_errors
-def validate(recipe: RecipeArg, set_: SetOption = None, as_json: JsonOption = False) -> None:
+def validate(
+    recipe: RecipeArg,
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+    trust_remote_code: TrustOption = False,
+) -> None:
     """Check a recipe and its data and show each task's first example as the model sees it."""
     quiet_libraries()
+    allow_remote_code(trust_remote_code)
     from pecft_cli.model import load_tokenizer
     from pecft_cli.recipe import load_recipe, output_dir
     from pecft_cli.train import prepare_tasks
@@ -193,12 +214,14 @@ def train(
         ),
     ] = 1,
     as_json: JsonOption = False,
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Train the recipe's tasks in order; write adapters, the evaluation matrix and metrics.
 
     Running the same command on an unfinished run resumes it; on a finished one it says so.
     """
     quiet_libraries()
+    allow_remote_code(trust_remote_code)
     from pecft_cli.recipe import load_recipe
     from pecft_cli.train import run
 
@@ -277,9 +300,11 @@ def eval_(
         typer.Option("--out", help="Where to write (default RUN_DIR/eval, or eval-limitN)."),
     ] = None,
     as_json: JsonOption = False,
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Score a trained run again from its saved adapters; resumes an interrupted evaluation."""
     quiet_libraries()
+    allow_remote_code(trust_remote_code)
     from pecft_cli.eval_run import evaluate_run
 
     with TrainProgress() as progress:
@@ -394,9 +419,11 @@ def merge_adapters(
         bool, typer.Option("--eval", help="Score the result on the run's tasks.")
     ] = False,
     as_json: JsonOption = False,
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Combine adapters into one (or fold them into the base model) with PEFT, and score it."""
     quiet_libraries()
+    allow_remote_code(trust_remote_code)
     from pecft_cli.merge import merge_adapters as merge
 
     with TrainProgress() as progress:
@@ -473,9 +500,11 @@ def generate(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     as_json: JsonOption = False,
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Answer prompts greedily with a result; one answer per line on stdout."""
     quiet_libraries()
+    allow_remote_code(trust_remote_code)
     from pecft_cli.generate import generate as answer
     from pecft_cli.generate import prompt_lines, read_inputs
 

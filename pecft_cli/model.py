@@ -109,16 +109,44 @@ def converted_gguf(gguf: Path) -> Path:
     return target
 
 
+REMOTE_CODE = "PECFT_TRUST_REMOTE_CODE"  # set by the command line's --trust-remote-code
+
+
+def remote_code(section: ModelSection) -> bool:
+    """Whether the model's own Python code may run: only when the recipe and the command line
+    both ask for it."""
+    if not section.trust_remote_code:
+        return False
+    if os.environ.get(REMOTE_CODE) != "1":
+        raise PecftError(
+            "model.trust_remote_code: the recipe asks to run the model's own Python code; pecft "
+            "runs it only when the command line asks as well. Add --trust-remote-code if you "
+            "trust that code."
+        )
+    return True
+
+
+def remote_code_hint(exc: Exception) -> str:
+    if "trust_remote_code" not in str(exc):
+        return ""
+    return (
+        " The model ships its own Python code; to run it, set model.trust_remote_code: true in "
+        "the recipe and pass --trust-remote-code."
+    )
+
+
 def load_tokenizer(section: ModelSection) -> PreTrainedTokenizerBase:
     """The tokenizer, with a pad token (the end-of-sequence token when the model has none)."""
     location = model_location(section)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, revision=section.revision)
+        tokenizer = AutoTokenizer.from_pretrained(
+            location, revision=section.revision, trust_remote_code=remote_code(section)
+        )
     except (OSError, ValueError) as exc:
         raise PecftError(
             f"model.path: could not load a tokenizer from '{section.path}' "
             f"({first_line(exc)}). Give a model folder, a .gguf file or a hub id that is in the "
-            "local cache."
+            f"local cache.{remote_code_hint(exc)}"
         ) from None
     if tokenizer.eos_token_id is None:
         raise PecftError(
@@ -133,10 +161,13 @@ def load_model(section: ModelSection, device: torch.device | str = "cpu") -> Pre
     """The frozen base model, quantized through bitsandbytes when the recipe asks."""
     location = model_location(section)
     try:
-        config = AutoConfig.from_pretrained(location, revision=section.revision)
+        config = AutoConfig.from_pretrained(
+            location, revision=section.revision, trust_remote_code=remote_code(section)
+        )
     except (OSError, ValueError) as exc:
         raise PecftError(
-            f"model.path: could not load a model config from '{section.path}' ({first_line(exc)})."
+            f"model.path: could not load a model config from '{section.path}' "
+            f"({first_line(exc)}).{remote_code_hint(exc)}"
         ) from None
     quantization = quantization_config(section)
     try:
@@ -146,6 +177,7 @@ def load_model(section: ModelSection, device: torch.device | str = "cpu") -> Pre
             dtype=DTYPES[section.dtype],
             quantization_config=quantization,
             device_map={"": str(device)} if quantization else None,
+            trust_remote_code=remote_code(section),
         )
     except ValueError as exc:
         raise PecftError(
@@ -167,14 +199,19 @@ def check_lora_targets(lora: LoraSection, section: ModelSection) -> None:
         return
     location = model_location(section)
     try:
-        config = AutoConfig.from_pretrained(location, revision=section.revision)
+        config = AutoConfig.from_pretrained(
+            location, revision=section.revision, trust_remote_code=remote_code(section)
+        )
     except (OSError, ValueError) as exc:
         raise PecftError(
-            f"model.path: could not read the model config of '{section.path}' ({first_line(exc)})."
+            f"model.path: could not read the model config of '{section.path}' "
+            f"({first_line(exc)}).{remote_code_hint(exc)}"
         ) from None
     try:
         with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
+            skeleton = AutoModelForCausalLM.from_config(
+                config, trust_remote_code=remote_code(section)
+            )
     except ValueError as exc:
         raise PecftError(
             f"model.path: '{section.path}' (a {config.model_type} model) is not a causal language "

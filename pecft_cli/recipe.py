@@ -48,6 +48,9 @@ class ModelSection(Section):
     revision: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     quantization: Quantization = Quantization()
+    trust_remote_code: bool = Field(
+        False, description="run the model's own code; needs --trust-remote-code as well"
+    )
 
     @field_validator("quantization", mode="before")
     @classmethod

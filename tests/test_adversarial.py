@@ -234,3 +234,50 @@ def test_run_commands_refuse(case: str, trained: Path, tmp_path: Path) -> None:
     assert message in " ".join(result.output.split()), result.output
     assert "Traceback" not in result.output
     assert snapshot(tmp_path) == before
+
+
+def custom_code_model(folder: Path, tiny_model: Path, marker: Path) -> Path:
+    """A copy of the tiny model whose config points at Python code that leaves a marker."""
+    model = Path(shutil.copytree(tiny_model, folder / "custom"))
+    (model / "custom.py").write_text(
+        "from pathlib import Path\n"
+        f"Path({str(marker)!r}).write_text('the model code ran')\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "class CustomConfig(LlamaConfig):\n    model_type = 'custom-llama'\n"
+        "class CustomModel(LlamaForCausalLM):\n    config_class = CustomConfig\n"
+    )
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": "custom.CustomConfig",
+        "AutoModelForCausalLM": "custom.CustomModel",
+    }
+    (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("in_recipe", "on_command_line", "runs_code"),
+    [(False, False, False), (True, False, False), (False, True, False), (True, True, True)],
+)
+def test_model_code_runs_only_when_recipe_and_command_line_both_ask(
+    recipe_file: Path, tiny_model: Path, in_recipe: bool, on_command_line: bool, runs_code: bool
+) -> None:
+    import os
+
+    marker = recipe_file.parent / "RAN"
+    model = custom_code_model(recipe_file.parent, tiny_model, marker)
+    command = ["validate", recipe_file, "--set", f"model.path={model}"]
+    command += ["--set", f"model.trust_remote_code={str(in_recipe).lower()}"]
+    if on_command_line:
+        command.append("--trust-remote-code")
+    try:
+        result = invoke(*command)
+    finally:
+        os.environ.pop("PECFT_TRUST_REMOTE_CODE", None)
+    assert marker.exists() is runs_code
+    if in_recipe and not on_command_line:
+        assert result.exit_code == 2, result.output
+        assert "Add --trust-remote-code" in " ".join(result.output.split())
+        assert "Traceback" not in result.output
+    else:  # without the recipe's consent, transformers' own Llama code loads the folder
+        assert result.exit_code == 0, result.output

@@ -281,3 +281,17 @@ def test_model_code_runs_only_when_recipe_and_command_line_both_ask(
         assert "Traceback" not in result.output
     else:  # without the recipe's consent, transformers' own Llama code loads the folder
         assert result.exit_code == 0, result.output
+
+
+def test_a_dataset_with_a_loading_script_is_refused_without_running_it(recipe_file: Path) -> None:
+    folder = recipe_file.parent / "scripted"
+    folder.mkdir()
+    marker = recipe_file.parent / "RAN"
+    (folder / "scripted.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('dataset code ran')\n"
+    )
+    splits = ["--set", "tasks.0.train=train", "--set", "tasks.0.eval=test"]
+    result = invoke("validate", recipe_file, "--set", f"tasks.0.source={folder}", *splits)
+    assert result.exit_code == 2, result.output
+    assert "is not a `datasets.save_to_disk` folder" in " ".join(result.output.split())
+    assert not marker.exists()

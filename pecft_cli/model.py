@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -157,11 +158,10 @@ def load_tokenizer(section: ModelSection) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(section: ModelSection, device: torch.device | str = "cpu") -> PreTrainedModel:
-    """The frozen base model, quantized through bitsandbytes when the recipe asks."""
-    location = model_location(section)
+def model_config(section: ModelSection, location: str) -> Any:
+    """The model's config (no weights), with a clear error for a folder that has none."""
     try:
-        config = AutoConfig.from_pretrained(
+        return AutoConfig.from_pretrained(
             location, revision=section.revision, trust_remote_code=remote_code(section)
         )
     except (OSError, ValueError) as exc:
@@ -169,6 +169,12 @@ def load_model(section: ModelSection, device: torch.device | str = "cpu") -> Pre
             f"model.path: could not load a model config from '{section.path}' "
             f"({first_line(exc)}).{remote_code_hint(exc)}"
         ) from None
+
+
+def load_model(section: ModelSection, device: torch.device | str = "cpu") -> PreTrainedModel:
+    """The frozen base model, quantized through bitsandbytes when the recipe asks."""
+    location = model_location(section)
+    config = model_config(section, location)
     quantization = quantization_config(section)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -197,16 +203,7 @@ def check_lora_targets(lora: LoraSection, section: ModelSection) -> None:
     alone (the model is built on the meta device: no weights are read)."""
     if lora.target_modules == "all-linear":
         return
-    location = model_location(section)
-    try:
-        config = AutoConfig.from_pretrained(
-            location, revision=section.revision, trust_remote_code=remote_code(section)
-        )
-    except (OSError, ValueError) as exc:
-        raise PecftError(
-            f"model.path: could not read the model config of '{section.path}' "
-            f"({first_line(exc)}).{remote_code_hint(exc)}"
-        ) from None
+    config = model_config(section, model_location(section))
     try:
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(

@@ -4,7 +4,8 @@ Both train the same LoRA (r=8, alpha 16, q_proj and v_proj, no dropout) on the s
 (SmolLM2-135M-Instruct, or a random Llama of about 1B parameters with --model llama-1b), on the
 same batches of the quickstart tasks (all four, whose lengths vary) in the same order, with the
 same batch size, max length, AdamW settings, linear schedule and step count, one after the other
-in this process. Tokens are the non-padding tokens of those batches, identical for both.
+in this process. Tokens are the non-padding tokens of those batches, identical for both; the
+mean training loss of each is printed beside its speed, to show the two did the same work.
 
     .venv/bin/python bench/bench_training.py --steps 40 --repeats 2
     .venv/bin/python bench/bench_training.py --strategies seq,olora,replay,ewc   # overhead
@@ -142,7 +143,8 @@ def time_pecft(model_factory, tokenizer, examples, args, strategy_name="seq", in
         )
         seconds = time.perf_counter() - started
     model.unload()  # the base model again, for the next measurement
-    return {"seconds": seconds, "tokens": summary["tokens"], "steps": args.steps}
+    loss = summary["first_loss"]  # log_every = steps: the mean over every step
+    return {"seconds": seconds, "tokens": summary["tokens"], "steps": args.steps, "loss": loss}
 
 
 def time_trainer(model_factory, tokenizer, examples, args) -> dict:
@@ -191,13 +193,13 @@ def time_trainer(model_factory, tokenizer, examples, args) -> dict:
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         )
         started = time.perf_counter()
-        trainer.train()
+        loss = trainer.train().training_loss
         seconds = time.perf_counter() - started
     model.unload()
     tokens = 0
     for start in range(0, needed, args.batch_size):
         tokens += sum(len(f["input_ids"]) for f in features[start : start + args.batch_size])
-    return {"seconds": seconds, "tokens": tokens, "steps": args.steps}
+    return {"seconds": seconds, "tokens": tokens, "steps": args.steps, "loss": loss}
 
 
 def report(name: str, runs_: list[dict]) -> dict:
@@ -211,7 +213,7 @@ def report(name: str, runs_: list[dict]) -> dict:
     }
     print(
         f"{name:<24} {row['tokens_per_s']:>10.1f} tok/s {row['s_per_step']:>8.3f} s/step "
-        f"({tokens} tokens, median of {len(runs_)})",
+        f"mean loss {runs_[0]['loss']:.4f} ({tokens} tokens, median of {len(runs_)})",
         flush=True,
     )
     return row

@@ -194,8 +194,20 @@ def load_model(section: ModelSection, device: torch.device | str = "cpu") -> Pre
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        keep_4bit_weights_trainable(model)
     model.requires_grad_(False)
     return model
+
+
+def keep_4bit_weights_trainable(model: PreTrainedModel) -> None:
+    """Stop bitsandbytes re-packing 4-bit weights for CPU inference at the first forward pass
+    in eval mode: it never packs them back, and backward through the packed kernel drops the
+    gradient, so every LoRA trained after an evaluation would learn from a cut graph."""
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def check_lora_targets(lora: LoraSection, section: ModelSection) -> None:

@@ -48,9 +48,10 @@ from pecft_cli.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pecft_cli.data import TaskData, collate, load_task, training_features
+from pecft_cli.data import TaskData, answer_tokens, load_task, training_features
 from pecft_cli.errors import PecftError, Preempted
 from pecft_cli.evaluate import combine, score_task
+from pecft_cli.loss import answer_loss, packs_sequences
 from pecft_cli.metrics import stage_metrics
 from pecft_cli.model import check_lora_targets, load_model, load_tokenizer
 from pecft_cli.plot import save_heatmap
@@ -386,6 +387,7 @@ def train_task(
     )
 
     model.train()
+    pad_id = None if packs_sequences(model) else tokenizer.pad_token_id
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
     window_loss, window_extra, window_tokens = 0.0, None, 0
@@ -393,13 +395,13 @@ def train_task(
     for step in range(done + 1, steps + 1):
         for _ in range(settings.grad_accum):
             share = next(batches)[rank::world]
-            answer_tokens = sum(sum(label != -100 for label in f["labels"]) for f in share)
-            global_tokens = reduce_sum(accelerator, answer_tokens)
+            targets = sum(answer_tokens(f) for f in share)
+            global_targets = reduce_sum(accelerator, targets)
             loss = torch.zeros((), device=device)
             if share:
-                batch = {k: v.to(device) for k, v in collate(share, tokenizer.pad_token_id).items()}
-                loss = model(**batch).loss * (answer_tokens / global_tokens)
-                window_tokens += int(batch["attention_mask"].sum())
+                loss = answer_loss(model, share, pad_id)
+                loss = loss * (targets / global_targets)
+                window_tokens += sum(len(f["input_ids"]) for f in share)
             extra = strategy.extra_loss(model, index)
             total_loss = loss if extra is None else loss + extra / world
             if total_loss.requires_grad:

@@ -6,7 +6,7 @@ import torch
 from conftest import write_jsonl
 from transformers import AutoTokenizer
 
-from pecft_cli.data import IGNORE_INDEX, collate, load_task, read_local, training_features
+from pecft_cli.data import IGNORE_INDEX, load_task, pack, pad, read_local, training_features
 from pecft_cli.errors import PecftError
 from pecft_cli.recipe import load_recipe
 
@@ -125,14 +125,26 @@ def test_chat_template_wraps_prompt(recipe_file: Path, tokenizer) -> None:
     assert example.target == "FRA"
 
 
-def test_collate_pads_to_longest_in_batch() -> None:
-    batch = collate(
+def test_pack_puts_a_batch_in_one_row_with_restarting_positions() -> None:
+    batch = pack(
+        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}]
+    )
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    # position 2 (the first sequence's last) must not predict the second sequence's first token
+    assert batch["predict"].tolist() == [0, 1, 3]
+    assert batch["targets"].tolist() == [6, 7, 9]
+
+
+def test_pad_right_pads_and_indexes_the_flat_grid() -> None:
+    batch = pad(
         [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}],
         pad_id=0,
     )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
-    assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
     assert torch.equal(batch["attention_mask"], torch.tensor([[1, 1, 1], [1, 0, 0]]))
+    assert batch["predict"].tolist() == [0, 1]
+    assert batch["targets"].tolist() == [6, 7]
 
 
 def test_tokenizer_without_pad_gets_eos(tokenizer, tiny_model: Path) -> None:

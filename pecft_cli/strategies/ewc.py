@@ -16,6 +16,7 @@ from peft import PeftModel
 from pydantic import Field
 
 from pecft_cli.data import Example, training_features
+from pecft_cli.loss import answer_loss
 from pecft_cli.recipe import Section
 from pecft_cli.strategies.base import Strategy
 
@@ -70,14 +71,11 @@ def fisher_diagonal(
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     fisher = {name: torch.zeros_like(p) for name, p in trainable.items()}
     sample = random.Random(seed).sample(examples, min(count, len(examples)))
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     for example in sample:
-        features = training_features(example)
-        batch = {key: torch.tensor([value], device=device) for key, value in features.items()}
         model.zero_grad(set_to_none=True)
-        model(**batch).loss.backward()
+        answer_loss(model, [training_features(example)]).backward()
         for name, parameter in trainable.items():
             if parameter.grad is not None:
                 fisher[name] += parameter.grad.detach() ** 2 / len(sample)

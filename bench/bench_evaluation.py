@@ -1,0 +1,283 @@
+"""Evaluation throughput: pecft's scoring against a per-example loop and lm-evaluation-harness.
+
+One adapter (24 LoRA steps of the quickstart's unicode_category task on SmolLM2-135M-Instruct,
+fp32) scores 60 eval examples three ways, one after the other in this process:
+
+- choice, unicode_category (5 one-token choices) and the same data with two-token choices
+  (" letter character", ...): pecft's `score_task`; a loop that runs prompt + choice through the
+  model once per choice; lm-eval's `loglikelihood` on the task's 300 requests (the part of the
+  harness that corresponds to pecft's scoring) and a whole `simple_evaluate` pass;
+- exact_match, numeric_value (greedy, up to 6 new tokens, stop at a newline): pecft's
+  `score_task`; a loop that calls `generate` on one example at a time; lm-eval's
+  `generate_until` on the same requests.
+
+    .venv/bin/python bench/bench_evaluation.py --repeats 3
+
+Each timing is the median of --repeats calls after an untimed warm-up (one call for the slow
+per-example loops). Accuracy is printed for every scorer: the speed-ups only count where the
+answers are the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the lm-eval agreement test's helpers
+
+
+def median_seconds(call: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `repeats` calls, after one untimed warm-up call."""
+    call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def timed(call: Callable[[], float]) -> tuple[float, float]:
+    """Seconds and result of one call: for the slow per-example loops, where noise is small."""
+    started = time.perf_counter()
+    result = call()
+    return time.perf_counter() - started, result
+
+
+def loop_choices(model: Any, examples: list) -> float:
+    """Accuracy of a per-choice loop: prompt + choice through the model, one sequence at a time."""
+    correct = 0
+    with torch.inference_mode():
+        for example in examples:
+            sums = []
+            for choice in example.choice_ids:
+                ids = torch.tensor([example.prompt_ids + choice])
+                logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+                start = len(example.prompt_ids) - 1
+                sums.append(sum(float(logprobs[start + k, t]) for k, t in enumerate(choice)))
+            correct += max(range(len(sums)), key=sums.__getitem__) == example.label
+    return correct / len(examples)
+
+
+def loop_generate(model: Any, tokenizer: Any, examples: list, config: Any) -> float:
+    """Exact-match accuracy of a per-example greedy `generate` loop."""
+    from pecft_cli.evaluate import cut_at_stop, normalize_answer
+
+    correct = 0
+    with torch.inference_mode():
+        for example in examples:
+            output = model.generate(
+                input_ids=torch.tensor([example.prompt_ids]),
+                max_new_tokens=config.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                stop_strings=config.stop,
+                tokenizer=tokenizer,
+            )
+            new = output[0, len(example.prompt_ids) :]
+            answer = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), config.stop)
+            correct += normalize_answer(answer) == normalize_answer(example.target)
+    return correct / len(examples)
+
+
+def harness_generate_task(task: Any, config: Any, folder: Path, name: str) -> Path:
+    """The recipe's generation task as a harness generate_until task over the same eval file."""
+    import yaml
+    from test_lm_eval_agreement import jinja
+
+    spec = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {
+            "data_files": {"test": str(task.eval)},
+            "cache_dir": str(folder / "datasets-cache"),
+        },
+        "output_type": "generate_until",
+        "test_split": "test",
+        "doc_to_text": jinja(task.prompt),
+        "doc_to_target": jinja(task.target_template()),
+        "generation_kwargs": {
+            "until": config.stop,
+            "max_gen_toks": config.max_new_tokens,
+            "do_sample": False,
+        },
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return folder
+
+
+def harness_requests(task_folder: Path, name: str) -> list:
+    from lm_eval.tasks import get_task_dict
+    from test_lm_eval_agreement import harness_manager
+
+    task = get_task_dict([name], harness_manager(task_folder))[name]
+    task.build_all_requests()
+    return task.instances
+
+
+Row = tuple[str, float, float]  # scorer, seconds, accuracy
+
+
+def choice_rows(variant: str, recipe: Any, adapter: Path, folder: Path, repeats: int) -> list[Row]:
+    """Every choice scorer on one variant of the unicode_category task."""
+    from lm_eval import simple_evaluate
+    from test_lm_eval_agreement import (
+        HARNESS_TASK,
+        harness_manager,
+        harness_model,
+        harness_samples,
+        load_pecft,
+        multi_token_choices,
+        pecft_predictions,
+        write_harness_task,
+    )
+
+    recipe = recipe.model_copy(deep=True)
+    if variant != "one-token choices":
+        multi_token_choices(recipe.tasks[0])
+    config = recipe.evaluation
+    model, tokenizer, data = load_pecft(recipe, adapter)
+    task_folder = write_harness_task(recipe.tasks[0], folder / variant.replace(" ", "-"))
+    lm = harness_model(recipe, adapter, config.batch_size)
+    requests = harness_requests(task_folder, HARNESS_TASK)
+    ours = pecft_predictions(model, tokenizer, data, config)
+    harness = sum(s["acc"] for s in harness_samples(lm, task_folder)) / len(data.eval)
+
+    def harness_pass() -> object:
+        return simple_evaluate(
+            model=lm,
+            tasks=[HARNESS_TASK],
+            task_manager=harness_manager(task_folder),
+            bootstrap_iters=0,
+            log_samples=False,
+        )
+
+    return [
+        (
+            "pecft score_task",
+            median_seconds(lambda: pecft_predictions(model, tokenizer, data, config), repeats),
+            sum(p["correct"] for p in ours) / len(ours),
+        ),
+        ("per-choice loop", *timed(lambda: loop_choices(model, data.eval))),
+        (
+            "lm-eval loglikelihood",
+            median_seconds(lambda: lm.loglikelihood(requests, disable_tqdm=True), repeats),
+            harness,
+        ),
+        ("lm-eval simple_evaluate", median_seconds(harness_pass, repeats), harness),
+    ]
+
+
+def generation_rows(recipe: Any, adapter: Path, folder: Path, repeats: int) -> list[Row]:
+    """Every exact-match scorer on the numeric_value task."""
+    from test_lm_eval_agreement import harness_model, load_pecft
+
+    from pecft_cli.evaluate import cut_at_stop, normalize_answer, score_task
+
+    config = recipe.evaluation
+    model, tokenizer, data = load_pecft(recipe, adapter)
+    name = "pecft_numeric_value"
+    task_folder = harness_generate_task(recipe.tasks[0], config, folder / "generate", name)
+    lm = harness_model(recipe, adapter, config.batch_size)
+    requests = harness_requests(task_folder, name)
+    answers = lm.generate_until(requests, disable_tqdm=True)
+    harness = sum(
+        normalize_answer(cut_at_stop(answer, config.stop)) == normalize_answer(example.target)
+        for answer, example in zip(answers, data.eval, strict=True)
+    ) / len(data.eval)
+    return [
+        (
+            "pecft score_task",
+            median_seconds(lambda: score_task(model, tokenizer, data, config), repeats),
+            score_task(model, tokenizer, data, config).score,
+        ),
+        (
+            "per-example generate loop",
+            *timed(lambda: loop_generate(model, tokenizer, data.eval, config)),
+        ),
+        (
+            "lm-eval generate_until",
+            median_seconds(lambda: lm.generate_until(requests, disable_tqdm=True), repeats),
+            harness,
+        ),
+    ]
+
+
+def task_recipe(recipe: Any, task: str, max_new_tokens: int) -> Any:
+    """The adapter's recipe with another quickstart task in place of its own."""
+    from pecft_cli.recipe import TaskSection, load_recipe
+
+    quickstart = load_recipe(ROOT / "recipes" / "quickstart.yaml")
+    (section,) = [t for t in quickstart.tasks if t.name == task]
+    section = TaskSection.model_validate(
+        section.model_dump()
+        | {
+            "train": str(ROOT / "recipes" / section.train),
+            "eval": str(ROOT / "recipes" / section.eval),
+        }
+    )
+    evaluation = recipe.evaluation.model_copy(update={"max_new_tokens": max_new_tokens})
+    return recipe.model_copy(update={"tasks": [section], "evaluation": evaluation})
+
+
+def print_table(title: str, examples: int, rows: list[Row]) -> None:
+    print(f"\n{title}: {examples} examples")
+    for name, seconds, accuracy in rows:
+        speed = examples / seconds
+        print(f"{name:<28} {seconds:8.3f} s {speed:8.1f} examples/s  acc {accuracy:.4f}")
+    ours = rows[0][1]
+    for name, seconds, _ in rows[1:]:
+        print(f"speed-up of pecft over {name}: {seconds / ours:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per scorer")
+    parser.add_argument("--metrics", default="choice,exact_match", help="which scorers to time")
+    args = parser.parse_args()
+    metrics = args.metrics.split(",")
+    if importlib.util.find_spec("lm_eval") is None:
+        sys.exit("lm-eval is not installed: pip install -e '.[dev]'")
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ[key] = "1"
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    from test_lm_eval_agreement import train_adapter
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    with tempfile.TemporaryDirectory(prefix="bench-eval-") as scratch:
+        folder = Path(scratch)
+        print("training a 24-step adapter ...", file=sys.stderr, flush=True)
+        recipe, adapter = train_adapter(folder)
+        print(
+            f"SmolLM2-135M-Instruct fp32 + LoRA, batch size {recipe.evaluation.batch_size}, "
+            f"median of {args.repeats}, torch threads {torch.get_num_threads()}"
+        )
+        for variant in ("one-token choices", "two-token choices") if "choice" in metrics else ():
+            rows = choice_rows(variant, recipe, adapter, folder, args.repeats)
+            print_table(f"choice, unicode_category, 5 {variant}", 60, rows)
+        if "exact_match" not in metrics:
+            return
+        generation = task_recipe(recipe, "numeric_value", 6)
+        rows = generation_rows(generation, adapter, folder, args.repeats)
+        print_table("exact_match, numeric_value, up to 6 new tokens", 40, rows)
+
+
+if __name__ == "__main__":
+    main()

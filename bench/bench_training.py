@@ -10,9 +10,18 @@ mean training loss of each is printed beside its speed, to show the two did the 
     .venv/bin/python bench/bench_training.py --steps 40 --repeats 2
     .venv/bin/python bench/bench_training.py --strategies seq,olora,replay,ewc   # overhead
 
-Prints tokens/s and seconds per step of each, and the ratio last. With --strategies, it times
-pecft's step on the second task for each strategy (where olora's orthogonality term, replay's
-extra examples and EWC's penalty are active) against seq.
+Prints tokens/s and seconds per step of each, the model FLOPs utilisation (MFU) of each, and
+the ratio last. MFU counts 4 FLOPs per token per weight of the model's linear layers (forward,
+and the backward pass to the activations; the frozen base gets no weight gradients), the work of
+a padded step with logits everywhere, for both; it is measured against the peak of a large
+matrix product timed here on the same device and dtype. With --strategies, it times pecft's step
+on the second task for each strategy (where olora's orthogonality term, replay's extra examples
+and EWC's penalty are active) against seq.
+
+On a GPU (`--device cuda` is the default when one is present):
+
+    python bench/bench_training.py --dtype bfloat16 --steps 40 --repeats 3
+    python bench/bench_training.py --dtype bfloat16 --model llama-1b --batch-size 16
 """
 
 from __future__ import annotations
@@ -97,6 +106,15 @@ def order(count: int, seed: int) -> list[int]:
     return torch.randperm(count, generator=generator).tolist()
 
 
+def step_features(examples: list, args) -> list[dict[str, list[int]]]:
+    """The features of every timed step's batch, in pecft's loader order (epochs repeat it)."""
+    from pecft_cli.data import training_features
+
+    ordered = [training_features(examples[i]) for i in order(len(examples), args.seed)]
+    needed = args.steps * args.batch_size
+    return (ordered * (needed // len(ordered) + 1))[:needed]
+
+
 def time_pecft(model_factory, tokenizer, examples, args, strategy_name="seq", index=0) -> dict:
     """One pecft task (train_task) on a fresh LoRA; wall time and tokens."""
     from accelerate import Accelerator
@@ -153,12 +171,10 @@ def time_trainer(model_factory, tokenizer, examples, args) -> dict:
     from torch.utils.data import SequentialSampler
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from pecft_cli.data import training_features
     from pecft_cli.strategies.base import lora_config
 
-    ordered = [training_features(examples[i]) for i in order(len(examples), args.seed)]
-    needed = args.steps * args.batch_size
-    features = (ordered * (needed // len(ordered) + 1))[:needed]
+    features = step_features(examples, args)
+    needed = len(features)
 
     class SameOrder(Trainer):
         def _get_train_sampler(self, *unused):
@@ -202,7 +218,48 @@ def time_trainer(model_factory, tokenizer, examples, args) -> dict:
     return {"seconds": seconds, "tokens": tokens, "steps": args.steps, "loss": loss}
 
 
-def report(name: str, runs_: list[dict]) -> dict:
+def linear_weights(model: torch.nn.Module) -> int:
+    """Weights of the model's linear layers (the language-model head included)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def peak_flops(device: str, dtype: torch.dtype) -> float:
+    """FLOP/s of a large square matrix product on this device and dtype: the MFU's yardstick."""
+    size = 8192 if device.startswith("cuda") else 2048
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    repeats = 50 if device.startswith("cuda") else 10
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync()
+    return 2 * size**3 * repeats / (time.perf_counter() - started)
+
+
+def batch_shape(examples: list, args) -> str:
+    """What the timed steps hold: real tokens, the positions a padded batch computes, and the
+    positions whose logits the loss needs."""
+    from pecft_cli.data import answer_tokens
+
+    features = step_features(examples, args)
+    needed = len(features)
+    real = padded = answers = 0
+    for start in range(0, needed, args.batch_size):
+        batch = features[start : start + args.batch_size]
+        real += sum(len(f["input_ids"]) for f in batch)
+        padded += max(len(f["input_ids"]) for f in batch) * len(batch)
+        answers += sum(answer_tokens(f) for f in batch)
+    return (
+        f"{real} real tokens, {padded} positions when padded ({1 - real / padded:.0%} padding), "
+        f"{answers} answer tokens"
+    )
+
+
+def report(name: str, runs_: list[dict], flops_per_token: float, peak: float) -> dict:
     seconds = statistics.median(r["seconds"] for r in runs_)
     tokens = runs_[0]["tokens"]
     row = {
@@ -211,9 +268,11 @@ def report(name: str, runs_: list[dict]) -> dict:
         "s_per_step": seconds / runs_[0]["steps"],
         "tokens": tokens,
     }
+    mfu = row["tokens_per_s"] * flops_per_token / peak
     print(
         f"{name:<24} {row['tokens_per_s']:>10.1f} tok/s {row['s_per_step']:>8.3f} s/step "
-        f"mean loss {runs_[0]['loss']:.4f} ({tokens} tokens, median of {len(runs_)})",
+        f"MFU {mfu:6.1%}  mean loss {runs_[0]['loss']:.4f} ({tokens} tokens, median of "
+        f"{len(runs_)})",
         flush=True,
     )
     return row
@@ -242,18 +301,23 @@ def main() -> None:
     def fresh():
         return cached
 
+    flops_per_token = 4 * linear_weights(cached)
+    peak = peak_flops(args.device, dtype)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(
-        f"model {args.model} ({args.dtype}, {args.device}), {len(examples)} examples, batch "
-        f"{args.batch_size}, {args.steps} steps, torch threads {torch.get_num_threads()}",
+        f"model {args.model} ({args.dtype}, {device}), {len(examples)} examples, batch "
+        f"{args.batch_size}, {args.steps} steps, torch threads {torch.get_num_threads()}; "
+        f"measured {args.dtype} matmul peak {peak / 1e12:.2f} TFLOP/s",
         flush=True,
     )
+    print(f"the timed steps: {batch_shape(examples, args)}", flush=True)
     if args.strategies:
         rows = {}
         for name in ["seq", *[s for s in args.strategies.split(",") if s != "seq"]]:
             timed = [
                 time_pecft(fresh, tokenizer, examples, args, name, 1) for _ in range(args.repeats)
             ]
-            rows[name] = report(f"pecft {name} (task 2)", timed)
+            rows[name] = report(f"pecft {name} (task 2)", timed, flops_per_token, peak)
         for name, row in rows.items():
             print(f"{name} step time / seq: {row['s_per_step'] / rows['seq']['s_per_step']:.3f}")
         return
@@ -262,7 +326,8 @@ def main() -> None:
         pecft.append(time_pecft(fresh, tokenizer, examples, args))
         trainer.append(time_trainer(fresh, tokenizer, examples, args))
     assert pecft[0]["tokens"] == trainer[0]["tokens"], (pecft[0]["tokens"], trainer[0]["tokens"])
-    ours, theirs = report("pecft task loop", pecft), report("Trainer + PEFT", trainer)
+    ours = report("pecft task loop", pecft, flops_per_token, peak)
+    theirs = report("Trainer + PEFT", trainer, flops_per_token, peak)
     ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
     print(f"ratio (pecft tokens/s / Trainer tokens/s): {ratio:.2f}")
 

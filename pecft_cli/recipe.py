@@ -102,6 +102,9 @@ class TrainingSection(Section):
     checkpoint_every: int = Field(
         50, ge=0, description="save resumable state every N optimizer steps (0: at task ends)"
     )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, more time"
+    )
 
 
 class TrainingOverride(Section):
@@ -119,6 +122,7 @@ class TrainingOverride(Section):
     max_length: int | None = Field(None, gt=1)
     log_every: int | None = Field(None, gt=0)
     checkpoint_every: int | None = Field(None, ge=0)
+    gradient_checkpointing: bool | None = None
 
 
 Metric = Literal["exact_match", "choice", "rouge_l"]

@@ -386,6 +386,7 @@ def train_task(
         {"index": index, "total": total, "task": name, "steps": steps, "examples": len(examples)},
     )
 
+    set_gradient_checkpointing(model, settings.gradient_checkpointing, name)
     model.train()
     pad_id = None if packs_sequences(model) else tokenizer.pad_token_id
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -474,6 +475,20 @@ def train_task(
     }
     on_event("task_end", {"task": name, "index": index, **summary})
     return summary
+
+
+def set_gradient_checkpointing(model: PeftModel, enabled: bool, task: str) -> None:
+    """Turn activation recomputation on or off for this task's training."""
+    if not enabled:
+        model.gradient_checkpointing_disable()
+        return
+    try:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    except ValueError:
+        raise PecftError(
+            f"training.gradient_checkpointing (task '{task}'): this {model.config.model_type} "
+            "model does not support gradient checkpointing; set it to false."
+        ) from None
 
 
 def reduce_sum(accelerator: Accelerator, value: float) -> float:

@@ -112,3 +112,46 @@ def test_the_seed_does_not_depend_on_what_loading_draws(
         }
         for task, summary in plain.state["training"].items()
     }
+
+
+def test_gradient_checkpointing_recomputes_and_trains_the_same_adapter(
+    recipe_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    import transformers.modeling_utils
+
+    calls = []
+    original = transformers.modeling_utils.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", counting)
+    common = ["training.max_steps=4", "lora.dropout=0.1"]
+    plain = run(load_recipe(recipe_file, [*common, f"output_dir={tmp_path / 'plain'}"]))
+    assert not calls
+    saved = run(
+        load_recipe(
+            recipe_file,
+            [*common, "training.gradient_checkpointing=true", f"output_dir={tmp_path / 'gc'}"],
+        )
+    )
+    assert calls
+    for adapter in ("01-codes", "02-yesno"):
+        a = load_file(plain.folder / "adapters" / adapter / "adapter_model.safetensors")
+        b = load_file(saved.folder / "adapters" / adapter / "adapter_model.safetensors")
+        assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_refused(
+    recipe_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import LlamaForCausalLM
+
+    from pecft_cli.errors import PecftError
+
+    monkeypatch.setattr(LlamaForCausalLM, "supports_gradient_checkpointing", False)
+    recipe = load_recipe(recipe_file, ["training.gradient_checkpointing=true"])
+    with pytest.raises(PecftError, match="does not support gradient checkpointing"):
+        run(recipe)

@@ -31,6 +31,15 @@ from pecft_cli.recipe import LoraSection, ModelSection
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def model_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """The weights' dtype; `auto` is bfloat16 where the device computes it natively (a CUDA GPU
+    that supports it) and float32 elsewhere, where bfloat16 is emulated and slower."""
+    if name != "auto":
+        return DTYPES[name]
+    cuda = torch.device(device).type == "cuda"
+    return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+
+
 def cache_root() -> Path:
     """Where converted models live: $PECFT_CACHE, else $XDG_CACHE_HOME/pecft or ~/.cache/pecft."""
     if os.environ.get("PECFT_CACHE"):
@@ -180,7 +189,7 @@ def load_model(section: ModelSection, device: torch.device | str = "cpu") -> Pre
         model = AutoModelForCausalLM.from_pretrained(
             location,
             revision=section.revision,
-            dtype=DTYPES[section.dtype],
+            dtype=model_dtype(section.dtype, device),
             quantization_config=quantization,
             device_map={"": str(device)} if quantization else None,
             trust_remote_code=remote_code(section),

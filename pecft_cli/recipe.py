@@ -46,7 +46,9 @@ class ModelSection(Section):
     )
     gguf_file: str | None = Field(None, description="GGUF file name inside `path`, if any")
     revision: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on a GPU that has it, float32 otherwise"
+    )
     quantization: Quantization = Quantization()
     trust_remote_code: bool = Field(
         False, description="run the model's own code; needs --trust-remote-code as well"

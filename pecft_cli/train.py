@@ -187,6 +187,7 @@ def train_stream(
     state["trainable_parameters"] = max(state.get("trainable_parameters") or 0, trainable)
     state["total_parameters"] = total
     state["processes"] = accelerator.num_processes
+    state["dtype"] = str(model.dtype).removeprefix("torch.")
     state["timings"]["load_seconds"] = round(time.perf_counter() - loading, 2)
 
     matrix = read_rows(folder, names) if checkpoint is not None else {}

@@ -255,10 +255,17 @@ def train(
     if result.already_complete:
         err.print(f"{result.folder}: this run is already complete; nothing to do.", highlight=False)
     show_results(result.tasks, result.matrix, result.metrics)
-    out.print(
-        f"run folder: {result.folder} ({result.state['timings']['wall_seconds']:.0f}s)",
-        highlight=False,
-    )
+    timings = time_split(result.state["timings"])
+    out.print(f"run folder: {result.folder} ({timings})", highlight=False)
+
+
+def time_split(timings: dict[str, Any]) -> str:
+    """Wall time and how much of it went to training and to evaluation."""
+    wall = timings["wall_seconds"]
+    train = sum(timings.get("train_seconds", {}).values())
+    evaluation = sum(timings.get("eval_seconds", {}).values())
+    share = f" = {evaluation / wall:.0%}" if wall else ""
+    return f"{wall:.0f}s: training {train:.0f}s, evaluation {evaluation:.0f}s{share}"
 
 
 def is_main_process() -> bool:

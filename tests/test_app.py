@@ -3,6 +3,7 @@
 import csv
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def test_validate_shows_tasks_and_marked_first_example(recipe_file: Path) -> Non
 def test_train_writes_the_run_folder_contract(recipe_file: Path) -> None:
     result = invoke("train", recipe_file)
     assert result.exit_code == 0, result.output
+    assert re.search(r"\(\d+s: training \d+s, evaluation \d+s = \d+%\)", result.output)
     run = recipe_file.parent / "run"
     assert (run / "adapters/01-codes/adapter_config.json").is_file()
     assert (run / "adapters/02-yesno/adapter_model.safetensors").is_file()

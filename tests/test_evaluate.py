@@ -8,6 +8,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from pecft_cli.data import Example
 from pecft_cli.evaluate import (
+    StopAtText,
     choice_logprobs,
     cut_at_stop,
     generate_answers,
@@ -115,3 +116,22 @@ def test_generation_does_not_depend_on_batch_size(model_and_tokenizer) -> None:
         many = generate_answers(model, tokenizer, examples, EvaluationSection(batch_size=4))
     assert [r["prediction"] for r in one] == [r["prediction"] for r in many]
     assert [r["row"] for r in many] == [e.row for e in examples]
+
+
+def test_each_sequence_stops_once_its_new_text_holds_a_stop_string(model_and_tokenizer) -> None:
+    _, tokenizer = model_and_tokenizer
+    prompt = tokenizer("Q:", add_special_tokens=False)["input_ids"]
+    texts = ("ab\ncd", "abcd", "a.b")
+    rows = [prompt + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [tokenizer.eos_token_id] * (width - len(r)) for r in rows])
+    done = StopAtText(tokenizer, ["\n", "."], len(prompt))(ids, torch.zeros(3, 1))
+    assert done.tolist() == [True, False, True]
+
+
+def test_a_stop_string_in_the_prompt_does_not_stop_generation(model_and_tokenizer) -> None:
+    _, tokenizer = model_and_tokenizer
+    ids = torch.tensor([tokenizer("line one\nline", add_special_tokens=False)["input_ids"]])
+    assert StopAtText(tokenizer, ["\n"], ids.shape[1] - 1)(ids, torch.zeros(1, 1)).tolist() == [
+        False
+    ]

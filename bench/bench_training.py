@@ -310,7 +310,6 @@ def main() -> None:
         f"measured {args.dtype} matmul peak {peak / 1e12:.2f} TFLOP/s",
         flush=True,
     )
-    print(f"the timed steps: {batch_shape(examples, args)}", flush=True)
     if args.strategies:
         rows = {}
         for name in ["seq", *[s for s in args.strategies.split(",") if s != "seq"]]:
@@ -321,6 +320,7 @@ def main() -> None:
         for name, row in rows.items():
             print(f"{name} step time / seq: {row['s_per_step'] / rows['seq']['s_per_step']:.3f}")
         return
+    print(f"the timed steps: {batch_shape(examples, args)}", flush=True)
     pecft, trainer = [], []
     for _ in range(args.repeats):
         pecft.append(time_pecft(fresh, tokenizer, examples, args))

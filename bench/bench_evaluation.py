@@ -95,30 +95,21 @@ def loop_generate(model: Any, tokenizer: Any, examples: list, config: Any) -> fl
 
 def harness_generate_task(task: Any, config: Any, folder: Path, name: str) -> Path:
     """The recipe's generation task as a harness generate_until task over the same eval file."""
-    import yaml
-    from test_lm_eval_agreement import jinja
+    from test_lm_eval_agreement import jinja, write_harness_yaml
 
-    spec = {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {
-            "data_files": {"test": str(task.eval)},
-            "cache_dir": str(folder / "datasets-cache"),
-        },
-        "output_type": "generate_until",
-        "test_split": "test",
-        "doc_to_text": jinja(task.prompt),
-        "doc_to_target": jinja(task.target_template()),
-        "generation_kwargs": {
+    return write_harness_yaml(
+        folder,
+        name,
+        task,
+        output_type="generate_until",
+        doc_to_text=jinja(task.prompt),
+        generation_kwargs={
             "until": config.stop,
             "max_gen_toks": config.max_new_tokens,
             "do_sample": False,
         },
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
-    return folder
+        metric_list=[{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+    )
 
 
 def harness_requests(task_folder: Path, name: str) -> list:

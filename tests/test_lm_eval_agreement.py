@@ -82,26 +82,37 @@ def write_harness_task(task: TaskSection, folder: Path) -> Path:
     scores " letter" after "...category:", the split pecft makes.
     """
     text = task.prompt.rstrip()
+    return write_harness_yaml(
+        folder,
+        HARNESS_TASK,
+        task,
+        output_type="multiple_choice",
+        doc_to_text=jinja(text),
+        target_delimiter=task.prompt[len(text) :],
+        doc_to_choice=task.choices,
+        metric_list=[
+            {"metric": metric, "aggregation": "mean", "higher_is_better": True}
+            for metric in ("acc", "acc_norm")
+        ],
+    )
+
+
+def write_harness_yaml(folder: Path, name: str, task: TaskSection, **spec: Any) -> Path:
+    """A harness task `name` over the task's eval file, with its target template; `spec` adds
+    the output type, prompt and metrics."""
     config = {
-        "task": HARNESS_TASK,
+        "task": name,
         "dataset_path": "json",
         "dataset_kwargs": {
             "data_files": {"test": str(task.eval)},
             "cache_dir": str(folder / "datasets-cache"),
         },
-        "output_type": "multiple_choice",
         "test_split": "test",
-        "doc_to_text": jinja(text),
-        "target_delimiter": task.prompt[len(text) :],
-        "doc_to_choice": task.choices,
         "doc_to_target": jinja(task.target_template()),
-        "metric_list": [
-            {"metric": metric, "aggregation": "mean", "higher_is_better": True}
-            for metric in ("acc", "acc_norm")
-        ],
+        **spec,
     }
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{HARNESS_TASK}.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     return folder
 
 

@@ -21,8 +21,9 @@ def answer_loss(
     """Mean cross-entropy of the features' answer tokens given everything before them: packed
     in one row, or padded with `pad_id` when one is given (a model that cannot pack)."""
     device = next(model.parameters()).device
+    batch = pack(features) if pad_id is None else pad(features, pad_id)
+    batch = {key: value.to(device) for key, value in batch.items()}
     if pad_id is None:
-        batch = {key: value.to(device) for key, value in pack(features).items()}
         logits = model(
             input_ids=batch["input_ids"],
             position_ids=batch["position_ids"],
@@ -30,7 +31,6 @@ def answer_loss(
             use_cache=False,
         ).logits[0]
     else:
-        batch = {key: value.to(device) for key, value in pad(features, pad_id).items()}
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).logits.flatten(0, 1)[batch["predict"]]

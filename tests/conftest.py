@@ -2,11 +2,18 @@
 
 The tiny model is built from a config with random weights: fast enough for unit tests of the
 plumbing. Behaviour that depends on a real model is tested with SmolLM2 in test_real_model.py.
+
+Every test process and every subprocess it starts computes with one thread: on some CPUs float
+reductions depend on the thread count, and tests compare runs in this process with runs in
+subprocesses bit for bit.
 """
 
 from __future__ import annotations
 
 import json
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"
 from pathlib import Path
 
 import pytest
@@ -63,6 +70,14 @@ def build_tiny_model(folder: Path, hidden: int = 32) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread() -> None:
+    """Pin torch to the thread count every subprocess gets through OMP_NUM_THREADS."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -43,10 +43,8 @@ def long_recipe(folder: Path, tiny_model: Path, strategy: dict, output: str) -> 
 
 
 def start(recipe: Path) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen(
         [sys.executable, "-m", "pecft_cli", "train", str(recipe)],
-        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -45,7 +45,6 @@ def test_two_cpu_ranks_from_the_launcher_train_what_one_process_does(
     env = dict(
         os.environ,
         PROCESSES="2",
-        OMP_NUM_THREADS="1",
         PECFT=str(Path(sys.executable).parent / "pecft"),
     )
     launcher = ["bash", str(ROOT / "cli/launch.sh"), str(recipe)]
@@ -113,9 +112,7 @@ def test_the_shell_layer_passes_shellcheck() -> None:
 def test_two_cpu_ranks_evaluate_what_one_process_does(tmp_path: Path, tiny_model: Path) -> None:
     trained = run(load_recipe(recipe_for(tmp_path, tiny_model, "seq")))
     command, env = launch_command(2, ["eval", str(trained.folder), "--out", str(tmp_path / "two")])
-    done = subprocess.run(
-        command, env=env | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
-    )
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("results:") == 1
     one = trained.folder / "eval"
@@ -135,7 +132,6 @@ def test_sigterm_to_a_relaunched_run_stops_every_rank_with_75(
     command = [sys.executable, "-m", "pecft_cli", "train", str(recipe), "--num-processes", "2"]
     process = subprocess.Popen(
         command,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

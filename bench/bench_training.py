@@ -43,12 +43,12 @@ sys.path.insert(0, str(ROOT))
 def quickstart_examples(max_length: int):
     """Every quickstart task's training examples, in task order, and the tokenizer."""
     from pecft_cli.model import load_tokenizer
+    from pecft_cli.preflight import preflight
     from pecft_cli.recipe import load_recipe
-    from pecft_cli.train import prepare_tasks
 
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
     tokenizer = load_tokenizer(recipe.model)
-    tasks = prepare_tasks(recipe, tokenizer)
+    tasks = preflight(recipe, tokenizer).tasks
     examples = [e for task in tasks for e in task.train if len(e) <= max_length]
     return recipe, tokenizer, tasks, examples
 

@@ -24,7 +24,7 @@ from rich.text import Text
 
 from pecft_cli import __version__
 from pecft_cli.console import TrainProgress, err, out
-from pecft_cli.errors import PecftError, Preempted
+from pecft_cli.errors import PecftError, Preempted, bounded, short, short_text
 from pecft_cli.report import comparison_table, matrix_table, merges_table, metrics_table
 
 app = typer.Typer(
@@ -73,17 +73,20 @@ def reports_errors(command: Callable[..., None]) -> Callable[..., None]:
         try:
             command(*args, **kwargs)
         except PecftError as exc:
-            if is_main_process():
-                err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
-            raise typer.Exit(BAD_INPUT) from None
+            fail(str(exc), BAD_INPUT)
         except OSError as exc:
             if exc.errno not in UNWRITABLE:
                 raise
-            if is_main_process():
-                err.print(Text(f"error: {unwritable(exc)}", style="red"), soft_wrap=True)
-            raise typer.Exit(BAD_INPUT) from None
+            fail(unwritable(exc), BAD_INPUT)
 
     return wrapper
+
+
+def fail(message: str, code: int) -> None:
+    """Print one bounded paragraph on the main process and exit with `code`."""
+    if is_main_process():
+        err.print(Text(f"error: {bounded(message)}", style="red"), soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -133,18 +136,26 @@ def validate(
     quiet_libraries()
     allow_remote_code(trust_remote_code)
     from pecft_cli.model import load_tokenizer
+    from pecft_cli.preflight import preflight
     from pecft_cli.recipe import load_recipe, output_dir
-    from pecft_cli.train import prepare_tasks
 
     parsed = load_recipe(recipe, set_)
     tokenizer = load_tokenizer(parsed.model)
-    tasks = prepare_tasks(parsed, tokenizer)
+    checked = preflight(parsed, tokenizer)
+    tasks, memory = checked.tasks, checked.memory
     if as_json:
         document = {
             "valid": True,
             "name": parsed.name,
             "strategy": parsed.strategy.name,
             "output_dir": str(output_dir(parsed)),
+            "memory": {
+                "lower_bound_bytes": memory.total,
+                "weights_bytes": memory.weights,
+                "lora_bytes": memory.lora,
+                "activation_bytes": memory.activations,
+                "capacity_bytes": memory.capacity,
+            },
             "tasks": [
                 {
                     "name": task.name,
@@ -153,8 +164,8 @@ def validate(
                     "train_too_long": task.too_long,
                     "eval_rows": task.eval_rows,
                     "eval_scored": len(task.eval),
-                    "first_prompt": tokenizer.decode(task.train[0].prompt_ids),
-                    "first_target": tokenizer.decode(task.train[0].target_ids),
+                    "first_prompt": short_text(tokenizer.decode(task.train[0].prompt_ids), 1000),
+                    "first_target": short_text(tokenizer.decode(task.train[0].target_ids), 1000),
                 }
                 for task in tasks
             ],
@@ -163,7 +174,8 @@ def validate(
         return
     out.print(
         f"[bold]{parsed.name}[/]: {len(tasks)} tasks, strategy {parsed.strategy.name}, "
-        f"output {output_dir(parsed)}"
+        f"output {output_dir(parsed)}\nmemory: {memory.describe()}",
+        highlight=False,
     )
     for index, task in enumerate(tasks, start=1):
         skipped = f" ({task.too_long} longer than max_length, skipped)" if task.too_long else ""
@@ -177,8 +189,8 @@ def validate(
         )
         first = task.train[0]
         out.print("   first example (the loss covers the target only; tokens marked ⟦ ⟧):")
-        out.print(f"   prompt: {tokenizer.decode(first.prompt_ids)!r}", highlight=False)
-        out.print(f"   target: {tokenizer.decode(first.target_ids)!r}", highlight=False)
+        out.print(f"   prompt: {short(tokenizer.decode(first.prompt_ids), 200)}", highlight=False)
+        out.print(f"   target: {short(tokenizer.decode(first.target_ids), 200)}", highlight=False)
         out.print(example_tokens(tokenizer, first.prompt_ids, first.target_ids))
         if first.choices:
             spoken = [tokenizer.decode(ids) for ids in first.choice_ids or []]
@@ -186,14 +198,17 @@ def validate(
     out.print("\n[green]valid[/]")
 
 
+SHOWN_TOKENS = 48  # of a long prompt, its end; of a long target, its start
+
+
 def example_tokens(tokenizer: Any, prompt_ids: list[int], target_ids: list[int]) -> Text:
     """Prompt and target tokens, each token visible, the target bracketed and highlighted."""
-    text = Text("   ")
-    for piece in tokenizer.convert_ids_to_tokens(prompt_ids):
+    text = Text("   " + ("… " if len(prompt_ids) > SHOWN_TOKENS else ""))
+    for piece in tokenizer.convert_ids_to_tokens(prompt_ids[-SHOWN_TOKENS:]):
         text.append(piece, style="dim")
         text.append("·", style="dim")
     text.append("⟦", style="bold")
-    for i, piece in enumerate(tokenizer.convert_ids_to_tokens(target_ids)):
+    for i, piece in enumerate(tokenizer.convert_ids_to_tokens(target_ids[:SHOWN_TOKENS])):
         text.append(("·" if i else "") + piece, style="bold green")
     text.append("⟧", style="bold")
     return text

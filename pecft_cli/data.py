@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from pecft_cli.errors import PecftError, did_you_mean
-from pecft_cli.recipe import Metric, Recipe, TaskSection, template_fields
+from pecft_cli.errors import PecftError, did_you_mean, first_line, listing, short
+from pecft_cli.recipe import Metric, Recipe, TaskSection
+from pecft_cli.template import fill, template_fields
 
 IGNORE_INDEX = -100
 
@@ -109,6 +110,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise PecftError(f"{path}, line {number}: not valid JSON ({exc.msg}).") from None
+            except (RecursionError, ValueError) as exc:
+                raise PecftError(f"{path}, line {number}: {unreadable_json(exc)}") from None
             if not isinstance(row, dict):
                 raise PecftError(
                     f"{path}, line {number}: each line must be a JSON object with named fields; "
@@ -123,6 +126,8 @@ def read_json(path: Path) -> list[dict[str, Any]]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise PecftError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}).") from None
+    except (RecursionError, ValueError) as exc:
+        raise PecftError(f"{path}: {unreadable_json(exc)}") from None
     if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
         raise PecftError(
             f"{path}: a .json data file must hold a list of objects with named fields."
@@ -130,19 +135,33 @@ def read_json(path: Path) -> list[dict[str, Any]]:
     return data
 
 
+def unreadable_json(exc: BaseException) -> str:
+    """Valid JSON that Python will not read: nested too deeply, or a number too long."""
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply to read; a row holds text fields and lists of strings."
+    return f"JSON that cannot be read ({first_line(exc)})."
+
+
 def read_csv(path: Path) -> list[dict[str, Any]]:
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     rows = []
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        for row in reader:
-            if None in row or any(value is None for value in row.values()):
-                raise PecftError(
-                    f"{path}, line {reader.line_num}: the row has a different number of fields "
-                    f"from the header ({len(header)}: {', '.join(header)})."
-                )
-            rows.append(row)
+        try:
+            header = reader.fieldnames or []
+            for row in reader:
+                if None in row or any(value is None for value in row.values()):
+                    raise PecftError(
+                        f"{path}, line {reader.line_num}: the row has a different number of "
+                        f"fields from the header ({len(header)}: {listing(header)})."
+                    )
+                rows.append(row)
+        except csv.Error as exc:
+            raise PecftError(f"{path}, line {reader.line_num}: not valid CSV ({exc}).") from None
     return rows
+
+
+CSV_FIELD_LIMIT = 2**30  # a long document is a legitimate field; Python's default is 128 KiB
 
 
 def read_parquet(path: Path) -> list[dict[str, Any]]:
@@ -151,7 +170,7 @@ def read_parquet(path: Path) -> list[dict[str, Any]]:
     try:
         return pq.read_table(path).to_pylist()
     except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
-        raise PecftError(f"{path}: not a readable parquet file ({exc}).") from None
+        raise PecftError(f"{path}: not a readable parquet file ({first_line(exc)}).") from None
 
 
 def read_saved(folder: Path, split: str | None, where: str) -> list[dict[str, Any]]:
@@ -183,8 +202,8 @@ def read_hub(name: str, config: str | None, split: str, where: str) -> list[dict
         return load_dataset(name, config, split=split).to_list()
     except Exception as exc:  # datasets raises many types for a missing or offline dataset
         raise PecftError(
-            f"{where}: could not load hub dataset '{name}' (config {config!r}, split '{split}'): "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. Check the id, config "
+            f"{where}: could not load hub dataset '{name}' (config {short(config)}, split "
+            f"'{split}'): {first_line(exc)}. Check the id, config "
             "and split, or point source at a local file or saved folder."
         ) from None
 
@@ -197,13 +216,13 @@ def render(template: str, row: dict[str, Any], where: str, what: str) -> str:
     """Fill a template's {field} placeholders from a row, naming the row if a field is missing."""
     missing = [name for name in template_fields(template) if row.get(name) is None]
     if missing:
-        present = ", ".join(str(key) for key in row) or "none"
+        present = listing(list(row))
         raise PecftError(
             f"{where}: the {what} template names the field '{missing[0]}', which this row lacks "
             f"or leaves empty{did_you_mean(missing[0], [str(k) for k in row]) or '.'} "
             f"Fields present: {present}."
         )
-    return template.format_map(row)
+    return fill(template, row)
 
 
 def prompt_text(
@@ -308,7 +327,7 @@ def row_choices(task: TaskSection, row: dict[str, Any], where: str) -> list[str]
     if not isinstance(value, list) or len(value) < 2 or not all(isinstance(v, str) for v in value):
         raise PecftError(
             f"{where}: choices names the field '{task.choices}', which must hold a list of at "
-            f"least two strings in every row; found {value!r}."
+            f"least two strings in every row; found {short(value)}."
         )
     return value
 

@@ -1,8 +1,17 @@
-"""The one exception type for input a user can fix.
+"""The exception types a command turns into one paragraph and its own exit code.
 
 Everything the command line reports as bad input (exit code 2, no traceback) is a `PecftError`;
-any other exception is a bug and keeps its traceback.
+any other exception is a bug and keeps its traceback. A message quotes what the user wrote only
+through `short`, and is cut by `bounded`, so no input makes it longer than a paragraph.
 """
+
+import reprlib
+from typing import Any
+
+MESSAGE_LIMIT = 1500
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 2, 60, 60
+_SHORT.maxdict = _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = 3
 
 
 class PecftError(Exception):
@@ -11,6 +20,35 @@ class PecftError(Exception):
 
 class Preempted(Exception):
     """The run was asked to stop (SIGTERM, SIGUSR1) and saved a checkpoint to resume from."""
+
+
+class Diverged(Exception):
+    """The loss or the gradients became NaN or infinite; nothing of that step was applied."""
+
+
+class RankDied(Exception):
+    """A process of a multi-process run ended without finishing (killed, out of memory)."""
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """A value as Python writes it, cut to about `limit` characters however large it is."""
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def bounded(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """A message cut to one paragraph of at most `limit` characters."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[: limit - 15] + " ... (cut here)"
+
+
+def listing(items: list[str], limit: int = 12) -> str:
+    """Names joined by commas, the first `limit` of them, each cut short, and how many more."""
+    shown = ", ".join(short_text(str(item), 40) for item in items[:limit])
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return (shown or "none") + more
 
 
 def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
@@ -24,4 +62,9 @@ def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
 def first_line(exc: BaseException) -> str:
     """An exception's message cut to its first line, for a one-paragraph error."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return short_text(text.splitlines()[0]) if text else type(exc).__name__
+
+
+def short_text(text: str, limit: int = 300) -> str:
+    """Text quoted from a library or a file, cut to `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

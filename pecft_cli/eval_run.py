@@ -22,7 +22,7 @@ from peft import PeftModel
 from pecft_cli import runs
 from pecft_cli.artifacts import adapter_config, adapter_error
 from pecft_cli.data import TaskData, load_task, read_local
-from pecft_cli.errors import PecftError, did_you_mean
+from pecft_cli.errors import PecftError, did_you_mean, short
 from pecft_cli.evaluate import combine, score_task
 from pecft_cli.metrics import stage_metrics
 from pecft_cli.model import load_model, load_tokenizer
@@ -77,7 +77,7 @@ def open_run(path: Path) -> TrainedRun:
     version = state.get("format_version")
     if version != runs.FORMAT_VERSION:
         raise PecftError(
-            f"{folder.state}: run folder format {version!r} is not one this pecft reads "
+            f"{folder.state}: run folder format {short(version)} is not one this pecft reads "
             f"(format {runs.FORMAT_VERSION}); evaluate it with the pecft version that wrote it."
         )
     if not folder.recipe.is_file():

@@ -20,7 +20,8 @@ from pecft_cli.data import encode, prompt_text, read_local
 from pecft_cli.errors import PecftError, did_you_mean
 from pecft_cli.evaluate import greedy_answers
 from pecft_cli.model import load_model, load_tokenizer
-from pecft_cli.recipe import Recipe, TaskSection, template_fields
+from pecft_cli.recipe import Recipe, TaskSection
+from pecft_cli.template import template_fields
 from pecft_cli.train import EventCallback, ignore
 
 FREE_MAX_NEW_TOKENS = 128

@@ -35,6 +35,12 @@ def launch_command(processes: int, argv: list[str]) -> tuple[list[str], dict[str
         raise PecftError(f"--num-processes {processes}: give a positive number of processes.")
     env = dict(os.environ)
     gpus = torch.cuda.device_count()
+    cores = os.cpu_count() or 1
+    if gpus == 0 and processes > cores:
+        raise PecftError(
+            f"--num-processes {processes}: this host has no GPU and {cores} CPU cores; use at "
+            f"most {cores} processes (one gloo rank per core)."
+        )
     if gpus == 0:
         env["ACCELERATE_USE_CPU"] = "1"
     elif processes > gpus:

@@ -25,7 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from pecft_cli.errors import PecftError, did_you_mean, first_line
+from pecft_cli.errors import PecftError, did_you_mean, first_line, short_text
 from pecft_cli.recipe import LoraSection, ModelSection
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -219,22 +219,24 @@ def keep_4bit_weights_trainable(model: PreTrainedModel) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def check_lora_targets(lora: LoraSection, section: ModelSection) -> None:
-    """Check that every module named in lora.target_modules exists in the model, from its config
-    alone (the model is built on the meta device: no weights are read)."""
-    if lora.target_modules == "all-linear":
-        return
+def model_skeleton(section: ModelSection) -> PreTrainedModel:
+    """The model built on the meta device from its config alone: its layers' names and shapes
+    without reading or allocating a weight."""
     config = model_config(section, model_location(section))
     try:
         with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(
-                config, trust_remote_code=remote_code(section)
-            )
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=remote_code(section))
     except ValueError as exc:
         raise PecftError(
             f"model.path: '{section.path}' (a {config.model_type} model) is not a causal language "
             f"model that transformers can load ({first_line(exc)})."
         ) from None
+
+
+def check_lora_targets(lora: LoraSection, skeleton: PreTrainedModel) -> None:
+    """Check that every module named in lora.target_modules exists in the model."""
+    if lora.target_modules == "all-linear":
+        return
     names = [name for name, _ in skeleton.named_modules()]
     for target in lora.target_modules:
         if not any(name == target or name.endswith("." + target) for name in names):
@@ -246,7 +248,7 @@ def check_lora_targets(lora: LoraSection, section: ModelSection) -> None:
                 }
             )
             raise PecftError(
-                f"lora.target_modules: the model has no module '{target}'"
+                f"lora.target_modules: the model has no module '{short_text(target, 60)}'"
                 f"{did_you_mean(target, linear) or '.'} Its linear layers: {', '.join(linear)} "
                 "(or use all-linear)."
             )

@@ -8,7 +8,6 @@ overrides are applied to the raw mapping and typed by the same schema.
 from __future__ import annotations
 
 import re
-import string
 import types
 import typing
 from pathlib import Path
@@ -17,16 +16,29 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pecft_cli.errors import PecftError, did_you_mean
+from pecft_cli.errors import PecftError, did_you_mean, short, short_text
+from pecft_cli.template import template_fields
 
 DATA_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
-TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+COUNT_LIMIT = 2**31 - 1  # sizes and counts torch and the samplers take
+MAX_SEED = 2**32 - 1  # numpy's generator takes no larger seed
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def folder_name(value: str) -> str:
+    """Recipe and task names become folder names: one short path component, no surprises."""
+    if not NAME.match(value):
+        raise ValueError(
+            "use up to 100 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    return value
 
 
 class Section(BaseModel):
-    """Base for every recipe section: unknown keys are errors, values are checked on assignment."""
+    """Base for every recipe section: unknown keys are errors, values are checked on assignment,
+    and no number is infinite or NaN."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Quantization(Section):
@@ -64,7 +76,7 @@ class ModelSection(Section):
 class LoraSection(Section):
     """The LoRA adapter that PEFT attaches to the base model."""
 
-    r: int = Field(8, gt=0)
+    r: int = Field(8, gt=0, le=COUNT_LIMIT)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: Union[list[str], Literal["all-linear"]] = ["q_proj", "v_proj"]  # noqa: UP007
@@ -90,19 +102,24 @@ class StrategySection(Section):
 class TrainingSection(Section):
     """Optimisation settings; every task may override any of them."""
 
-    epochs: int = Field(1, gt=0)
-    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
-    batch_size: int = Field(8, gt=0)
-    grad_accum: int = Field(1, gt=0)
+    epochs: int = Field(1, gt=0, le=COUNT_LIMIT)
+    max_steps: int | None = Field(
+        None, gt=0, le=COUNT_LIMIT, description="optimizer steps; overrides epochs"
+    )
+    batch_size: int = Field(8, gt=0, le=COUNT_LIMIT)
+    grad_accum: int = Field(1, gt=0, le=COUNT_LIMIT)
     lr: float = Field(2e-4, gt=0)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, le=COUNT_LIMIT)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    max_length: int = Field(512, gt=1)
-    log_every: int = Field(5, gt=0)
+    max_length: int = Field(512, gt=1, le=COUNT_LIMIT)
+    log_every: int = Field(5, gt=0, le=COUNT_LIMIT)
     checkpoint_every: int = Field(
-        50, ge=0, description="save resumable state every N optimizer steps (0: at task ends)"
+        50,
+        ge=0,
+        le=COUNT_LIMIT,
+        description="save resumable state every N optimizer steps (0: at task ends)",
     )
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, more time"
@@ -112,18 +129,18 @@ class TrainingSection(Section):
 class TrainingOverride(Section):
     """A task's partial override of the training section."""
 
-    epochs: int | None = Field(None, gt=0)
-    max_steps: int | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, gt=0)
-    grad_accum: int | None = Field(None, gt=0)
+    epochs: int | None = Field(None, gt=0, le=COUNT_LIMIT)
+    max_steps: int | None = Field(None, gt=0, le=COUNT_LIMIT)
+    batch_size: int | None = Field(None, gt=0, le=COUNT_LIMIT)
+    grad_accum: int | None = Field(None, gt=0, le=COUNT_LIMIT)
     lr: float | None = Field(None, gt=0)
     scheduler: Literal["linear", "cosine", "constant"] | None = None
-    warmup_steps: int | None = Field(None, ge=0)
+    warmup_steps: int | None = Field(None, ge=0, le=COUNT_LIMIT)
     weight_decay: float | None = Field(None, ge=0)
     max_grad_norm: float | None = Field(None, gt=0)
-    max_length: int | None = Field(None, gt=1)
-    log_every: int | None = Field(None, gt=0)
-    checkpoint_every: int | None = Field(None, ge=0)
+    max_length: int | None = Field(None, gt=1, le=COUNT_LIMIT)
+    log_every: int | None = Field(None, gt=0, le=COUNT_LIMIT)
+    checkpoint_every: int | None = Field(None, ge=0, le=COUNT_LIMIT)
     gradient_checkpointing: bool | None = None
 
 
@@ -136,9 +153,11 @@ class EvaluationSection(Section):
     metric: Literal["auto", "exact_match", "choice", "rouge_l"] = Field(
         "auto", description="auto: choice for tasks with choices, exact_match otherwise"
     )
-    batch_size: int = Field(32, gt=0)
-    limit: int | None = Field(None, gt=0, description="score at most this many eval examples")
-    max_new_tokens: int = Field(16, gt=0)
+    batch_size: int = Field(32, gt=0, le=COUNT_LIMIT)
+    limit: int | None = Field(
+        None, gt=0, le=COUNT_LIMIT, description="score at most this many eval examples"
+    )
+    max_new_tokens: int = Field(16, gt=0, le=COUNT_LIMIT)
     stop: list[str] = Field(["\n"], description="generation ends at the first of these strings")
 
     @field_validator("stop")
@@ -173,17 +192,16 @@ class TaskSection(Section):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not TASK_NAME.match(value):
-            raise ValueError(
-                "use letters, digits, '_', '.' or '-', starting with a letter or digit"
-            )
-        return value
+        return folder_name(value)
 
-    @field_validator("prompt", "target")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        template_fields(value)
-        return value
+    @model_validator(mode="after")
+    def _templates(self) -> TaskSection:
+        for key, template in (("prompt", self.prompt), ("target", self.target_template())):
+            try:
+                template_fields(template)
+            except ValueError as exc:
+                raise ValueError(f"task '{self.name}', {key} template: {exc}") from None
+        return self
 
     @field_validator("choices")
     @classmethod
@@ -204,7 +222,7 @@ class Recipe(Section):
     pecft_version: str | None = Field(
         None, description="the pecft that wrote this recipe (a run folder's recipe.yaml has it)"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="fixes every random generator of the run")
     output_dir: str | None = Field(None, description="run folder; default runs/<name>")
     model: ModelSection
     lora: LoraSection = LoraSection()
@@ -212,6 +230,11 @@ class Recipe(Section):
     training: TrainingSection = TrainingSection()
     evaluation: EvaluationSection = EvaluationSection()
     tasks: Annotated[list[TaskSection], Field(min_length=1)]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return folder_name(value)
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> Recipe:
@@ -239,27 +262,6 @@ class Recipe(Section):
         return "choice" if task.choices is not None else "exact_match"
 
 
-def template_fields(template: str) -> list[str]:
-    """The field names a `{field}` template uses; attribute and index access are refused."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(
-            f"not a valid template ({exc}); write literal braces as {{{{ and }}}}"
-        ) from None
-    names = []
-    for _, field, _, _ in parsed:
-        if field is None:
-            continue
-        if not field.isidentifier():
-            raise ValueError(
-                f"placeholder '{{{field}}}' is not a plain field name; use {{name}} with letters, "
-                "digits and '_'"
-            )
-        names.append(field)
-    return names
-
-
 # ---------------------------------------------------------------------------------------------
 # Loading, overrides and errors
 
@@ -269,10 +271,19 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise PecftError(f"{path}: no such recipe file. Give the path of a recipe YAML file.")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise PecftError(
+            f"{path}: {path.stat().st_size:,} bytes is too large for a recipe (at most "
+            f"{MAX_RECIPE_BYTES:,}); a recipe names its data files rather than holding the data."
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise PecftError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+    except RecursionError:
+        raise PecftError(
+            f"{path}: the YAML is nested too deeply to read; a recipe is a few levels deep."
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -291,6 +302,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate a raw mapping into a Recipe, turning pydantic's errors into one clear paragraph."""
+    check_size(raw, source)
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
@@ -302,6 +314,30 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     except PecftError as exc:
         raise PecftError(f"{source}: {exc}") from None
     return recipe
+
+
+MAX_RECIPE_BYTES = 1_000_000
+MAX_RECIPE_VALUES = 100_000
+
+
+def check_size(raw: Any, source: str) -> None:
+    """Refuse a recipe whose YAML aliases expand it past any real recipe's size, before anything
+    walks it whole: a dozen lines of nested aliases can stand for billions of values."""
+    count, pending = 0, [raw]
+    while pending:
+        node = pending.pop()
+        count += 1
+        if count > MAX_RECIPE_VALUES:
+            raise PecftError(
+                f"{source}: the recipe holds more than {MAX_RECIPE_VALUES:,} values once its YAML "
+                "aliases (*name) are expanded; a recipe has a few hundred. Write the repeated "
+                "parts out or shorten them."
+            )
+        if isinstance(node, dict):
+            pending.extend(node.keys())
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
 
 
 def newer_pecft(raw: dict[str, Any]) -> str:
@@ -328,7 +364,7 @@ def explain(exc: ValidationError, raw: Any) -> str:
     lines = []
     for err in exc.errors():
         loc = err["loc"]
-        where = dotted(loc) or "(top level)"
+        where = short_text(dotted(loc), 120) or "(top level)"
         if err["type"] == "extra_forbidden":
             model = model_at(Recipe, loc[:-1])
             valid = sorted(model.model_fields) if model else []
@@ -338,11 +374,12 @@ def explain(exc: ValidationError, raw: Any) -> str:
             lines.append(f"{where}: required key is missing.")
         else:
             value = err.get("input")
-            shown = repr(value) if not isinstance(value, dict) else "a mapping"
-            message = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{where}: {message} (got {shown}).")
+            shown = "" if isinstance(value, dict) else f" (got {short(value)})"
+            message = short_text(err["msg"].removeprefix("Value error, "))
+            lines.append(f"{where}: {message}{shown}.")
     unique = list(dict.fromkeys(lines))
-    return " ".join(unique)
+    more = f" ... and {len(unique) - 5} more problems." if len(unique) > 5 else ""
+    return " ".join(unique[:5]) + more
 
 
 def dotted(loc: tuple[Any, ...]) -> str:
@@ -409,10 +446,11 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise PecftError(
-            f"--set {item!r}: write an override as dotted.key=value, for example "
+            f"--set {short(item)}: write an override as dotted.key=value, for example "
             "--set training.lr=1e-4 or --set tasks.0.training.epochs=2."
         )
     parts = key.strip().split(".")
+    shown = short_text(key.strip(), 80)
     node: Any = raw
     model: Any = Recipe
     annotation: Any = Recipe
@@ -423,7 +461,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             index = list_index(node, part, here)
             if last:
                 raise PecftError(
-                    f"--set {key}: cannot replace a whole list item; set one of its keys."
+                    f"--set {shown}: cannot replace a whole list item; set one of its keys."
                 )
             node = node[index]
             continue
@@ -434,24 +472,25 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             if isinstance(node, dict) and last:
                 annotation = Any
             else:
-                raise PecftError(f"--set {key}: '{parts[i - 1]}' holds a value, not keys.")
+                raise PecftError(f"--set {shown}: '{parts[i - 1]}' holds a value, not keys.")
         elif part not in fields:
             raise PecftError(
-                f"--set {key}: unknown key '{part}'{did_you_mean(part, list(fields))} "
+                f"--set {shown}: unknown key '{short_text(part, 60)}'"
+                f"{did_you_mean(part, list(fields))} "
                 f"Valid keys at {'.'.join(parts[:i]) or 'the top level'}: {', '.join(fields)}."
             )
         else:
             annotation = fields[part].annotation
         if not isinstance(node, dict):
             raise PecftError(
-                f"--set {key}: '{'.'.join(parts[:i])}' is not a mapping in the recipe."
+                f"--set {shown}: '{'.'.join(parts[:i])}' is not a mapping in the recipe."
             )
         if last:
             node[part] = text if takes_text(annotation) else parse_value(text)
             return
         if part not in node or node[part] is None:
             if typing.get_origin(annotation) is list or "list" in str(annotation):
-                raise PecftError(f"--set {key}: the recipe has no '{here}' list to index into.")
+                raise PecftError(f"--set {shown}: the recipe has no '{here}' list to index into.")
             node[part] = {}
         node = node[part]
         model = section_type(annotation)
@@ -463,12 +502,15 @@ def list_index(items: list[Any], part: str, where: str) -> int:
         index = int(part)
         if 0 <= index < len(items):
             return index
-        raise PecftError(f"--set: {where}: index {index} is out of range (0..{len(items) - 1}).")
+        raise PecftError(
+            f"--set: {short_text(where, 80)}: index {index} is out of range (0..{len(items) - 1})."
+        )
     names = [item.get("name") for item in items if isinstance(item, dict)]
     if part in names:
         return names.index(part)
     raise PecftError(
-        f"--set: {where}: no item named '{part}'{did_you_mean(part, [n for n in names if n])} "
+        f"--set: {short_text(where, 80)}: no item named '{short_text(part, 60)}'"
+        f"{did_you_mean(part, [n for n in names if n])} "
         f"Use an index 0..{len(items) - 1} or one of: {', '.join(str(n) for n in names)}."
     )
 
@@ -477,7 +519,7 @@ def parse_value(text: str) -> Any:
     """Read an override value as YAML; `1e-4` counts as a number, as a user means it."""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return text
     if isinstance(value, str):
         try:

@@ -48,13 +48,14 @@ from pecft_cli.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pecft_cli.data import TaskData, answer_tokens, load_task, training_features
+from pecft_cli.data import TaskData, answer_tokens, training_features
 from pecft_cli.errors import PecftError, Preempted
 from pecft_cli.evaluate import combine, score_task
 from pecft_cli.loss import answer_loss, packs_sequences
 from pecft_cli.metrics import stage_metrics
-from pecft_cli.model import check_lora_targets, load_model, load_tokenizer
+from pecft_cli.model import load_model, load_tokenizer
 from pecft_cli.plot import save_heatmap
+from pecft_cli.preflight import preflight
 from pecft_cli.recipe import Recipe, TrainingSection, dump_recipe, output_dir
 from pecft_cli.strategies import build_strategy, strategy_label
 from pecft_cli.strategies.base import Strategy
@@ -78,13 +79,6 @@ class RunResult:
     already_complete: bool = False
 
 
-def prepare_tasks(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> list[TaskData]:
-    """Every task's data, read and checked (with the LoRA targets) before anything is written
-    or trained."""
-    check_lora_targets(recipe.lora, recipe.model)
-    return [load_task(task, recipe, tokenizer) for task in recipe.tasks]
-
-
 def run(recipe: Recipe, *, overwrite: bool = False, on_event: EventCallback = ignore) -> RunResult:
     """Train the recipe's tasks in order and write the run folder, or resume an unfinished one."""
     started = time.perf_counter()
@@ -95,7 +89,7 @@ def run(recipe: Recipe, *, overwrite: bool = False, on_event: EventCallback = ig
     set_seed(recipe.seed)
     on_event("status", {"message": "loading tokenizer and data"})
     tokenizer = load_tokenizer(recipe.model)
-    tasks = prepare_tasks(recipe, tokenizer)
+    tasks = preflight(recipe, tokenizer, accelerator.num_processes).tasks
     names = [task.name for task in tasks]
     strategy = build_strategy(recipe.strategy, recipe.lora, names, recipe.seed)
 

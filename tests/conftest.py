@@ -60,7 +60,7 @@ def build_tiny_model(folder: Path, hidden: int = 32) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=128,
+        max_position_embeddings=1024,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
@@ -169,8 +169,8 @@ def rescore_with_stock_peft(run: Path, stage: int) -> list[float]:
 
     from pecft_cli.evaluate import score_task
     from pecft_cli.model import load_model, load_tokenizer
+    from pecft_cli.preflight import preflight
     from pecft_cli.recipe import load_recipe
-    from pecft_cli.train import prepare_tasks
 
     recipe = load_recipe(run / "recipe.yaml")
     tokenizer = load_tokenizer(recipe.model)
@@ -178,5 +178,5 @@ def rescore_with_stock_peft(run: Path, stage: int) -> list[float]:
     model = PeftModel.from_pretrained(load_model(recipe.model), adapter)
     return [
         score_task(model, tokenizer, task, recipe.evaluation).score
-        for task in prepare_tasks(recipe, tokenizer)
+        for task in preflight(recipe, tokenizer).tasks
     ]

@@ -127,7 +127,7 @@ TRAIN_CASES: dict[str, tuple[Setup, str]] = {
     ),
     "template with attribute access": (
         recipe_case("tasks.0.prompt={country.__class__}"),
-        "not a plain field name",
+        "indexes or reads an attribute",
     ),
     "model folder missing": (recipe_case("model.path=/no/such/model"), "does not exist"),
     "model that is not a causal LM": (not_a_causal_lm, "not a causal language model"),

@@ -19,8 +19,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from pecft_cli.data import TaskData
 from pecft_cli.evaluate import score_task
 from pecft_cli.model import load_model, load_tokenizer, model_location
+from pecft_cli.preflight import preflight
 from pecft_cli.recipe import EvaluationSection, Recipe, TaskSection, load_recipe
-from pecft_cli.train import prepare_tasks, run
+from pecft_cli.train import run
 
 pytest.importorskip("lm_eval")
 
@@ -51,7 +52,7 @@ def load_pecft(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, TaskData]:
     """The base model with the adapter as stock PEFT loads it, and the task's tokenized data."""
     tokenizer = load_tokenizer(recipe.model)
-    (data,) = prepare_tasks(recipe, tokenizer)
+    (data,) = preflight(recipe, tokenizer).tasks
     return PeftModel.from_pretrained(load_model(recipe.model), adapter), tokenizer, data
 
 

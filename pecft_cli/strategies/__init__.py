@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pecft_cli.errors import PecftError, did_you_mean
+from pecft_cli.errors import PecftError, did_you_mean, short
 from pecft_cli.recipe import LoraSection, Section, StrategySection
 from pecft_cli.strategies.base import Strategy
 from pecft_cli.strategies.ewc import Ewc
@@ -82,8 +82,8 @@ def validate(where: str, schema: type[Section], given: dict[str, Any]) -> Sectio
                 problems.append(f"{at}: unknown option{hint} Valid: {allowed}.")
             else:
                 message = err["msg"].removeprefix("Value error, ")
-                problems.append(f"{at}: {message} (got {err.get('input')!r}).")
-        raise PecftError(" ".join(dict.fromkeys(problems))) from None
+                problems.append(f"{at}: {message} (got {short(err.get('input'))}).")
+        raise PecftError(" ".join(list(dict.fromkeys(problems))[:5])) from None
 
 
 def build_strategy(

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from pecft_cli.data import Example, training_features
 from pecft_cli.loss import answer_loss
-from pecft_cli.recipe import Section
+from pecft_cli.recipe import COUNT_LIMIT, Section
 from pecft_cli.strategies.base import Strategy
 
 
@@ -25,7 +25,7 @@ class EwcOptions(Section):
     """weight scales the penalty; fisher_examples is how many examples estimate the Fisher."""
 
     weight: float = Field(1000.0, gt=0)
-    fisher_examples: int = Field(64, gt=0)
+    fisher_examples: int = Field(64, gt=0, le=COUNT_LIMIT)
 
 
 class Ewc(Strategy):

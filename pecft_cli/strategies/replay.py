@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 
 from pecft_cli import runs
 from pecft_cli.data import Example
-from pecft_cli.recipe import Section
+from pecft_cli.recipe import COUNT_LIMIT, Section
 from pecft_cli.strategies.base import Strategy
 
 
@@ -31,9 +31,13 @@ class ReplayOptions(Section):
     """How many examples to keep and how much of later tasks' training they make up."""
 
     selection: Literal["balanced", "reservoir"] = "balanced"
-    per_task: int | None = Field(None, gt=0, description="examples kept of each task (balanced)")
+    per_task: int | None = Field(
+        None, gt=0, le=COUNT_LIMIT, description="examples kept of each task (balanced)"
+    )
     fraction: float | None = Field(None, gt=0, le=1, description="share kept of each task")
-    size: int | None = Field(None, gt=0, description="reservoir capacity over all tasks")
+    size: int | None = Field(
+        None, gt=0, le=COUNT_LIMIT, description="reservoir capacity over all tasks"
+    )
     ratio: float | None = Field(None, gt=0, lt=1, description="replayed share of the training mix")
 
     @model_validator(mode="after")

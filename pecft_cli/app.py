@@ -1,8 +1,9 @@
 """The `pecft` command line: parse, call the library, render. Nothing else lives here.
 
 Exit codes: 0 success, 2 bad input (recipe, data, model or run folder; one paragraph on stderr,
-no traceback), 75 stopped on request (SIGTERM/SIGUSR1) with a checkpoint to resume from, 1
-anything else.
+no traceback), 3 training diverged (NaN or infinite gradients), 4 a process of a multi-process
+run died, 75 stopped on request (SIGTERM/SIGUSR1) with a checkpoint to resume from, 1 anything
+else.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from rich.text import Text
 
 from pecft_cli import __version__
 from pecft_cli.console import TrainProgress, err, out
-from pecft_cli.errors import PecftError, Preempted, bounded, short, short_text
+from pecft_cli.errors import Diverged, PecftError, Preempted, RankDied, bounded, short, short_text
 from pecft_cli.report import comparison_table, matrix_table, merges_table, metrics_table
 
 app = typer.Typer(
@@ -36,6 +37,8 @@ app = typer.Typer(
 )
 
 BAD_INPUT = 2
+DIVERGED = 3  # the loss went NaN or infinite; nothing of that step was kept
+RANK_DIED = 4  # a process of a multi-process run died; the rest were stopped
 PREEMPTED = 75  # EX_TEMPFAIL: try again later; the run resumes from its checkpoint
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
@@ -244,7 +247,15 @@ def train(
     if num_processes != 1 and "WORLD_SIZE" not in os.environ:
         from pecft_cli.launch import relaunch
 
-        raise typer.Exit(relaunch(num_processes, sys.argv[1:]))
+        try:
+            code = relaunch(num_processes, sys.argv[1:])
+        except RankDied as exc:
+            from pecft_cli import runs
+            from pecft_cli.recipe import output_dir
+
+            runs.record_end(output_dir(parsed), "process_died", str(exc))
+            fail(str(exc), RANK_DIED)
+        raise typer.Exit(code)
     with TrainProgress() as progress:
         try:
             result = run(parsed, overwrite=overwrite, on_event=progress)
@@ -255,6 +266,8 @@ def train(
                 highlight=False,
             )
             raise typer.Exit(PREEMPTED) from None
+        except Diverged as exc:
+            fail(str(exc), DIVERGED)
     if not is_main_process():
         return
     if as_json:
@@ -582,7 +595,7 @@ def show_results(
 
 
 def main() -> None:
-    from pecft_cli.launch import record_exit
+    from pecft_cli.launch import record_exit, record_failure
 
     try:
         app()
@@ -590,5 +603,6 @@ def main() -> None:
         record_exit(exc.code)
         raise
     except BaseException:
-        record_exit(1)
+        if record_failure():
+            raise SystemExit(1) from None
         raise

@@ -6,8 +6,10 @@ through `short`, and is cut by `bounded`, so no input makes it longer than a par
 """
 
 import reprlib
+import signal
 from typing import Any
 
+SIGNALS = {int(number) for number in signal.Signals}
 MESSAGE_LIMIT = 1500
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 2, 60, 60
@@ -28,6 +30,23 @@ class Diverged(Exception):
 
 class RankDied(Exception):
     """A process of a multi-process run ended without finishing (killed, out of memory)."""
+
+    def __init__(self, rank: int, exitcode: int, processes: int) -> None:
+        super().__init__(rank, exitcode, processes)
+        self.rank, self.exitcode, self.processes = rank, exitcode, processes
+
+    def __str__(self) -> str:
+        if self.exitcode >= 0:
+            how = f"exited with code {self.exitcode} without finishing"
+        else:
+            name = signal.Signals(-self.exitcode).name if -self.exitcode in SIGNALS else "a signal"
+            how = f"was killed by {name}"
+            if name == "SIGKILL":
+                how += " (what the kernel's out-of-memory killer sends; `dmesg` tells)"
+        return (
+            f"process {self.rank} of {self.processes} {how}, and the others were stopped. The run "
+            "folder keeps its last checkpoint; run the same command again to resume from there."
+        )
 
 
 def short(value: Any, limit: int = 80) -> str:

@@ -2,24 +2,30 @@
 
 On a host with GPUs each process gets its own; on a host without, the processes are real gloo
 ranks on the CPU (ACCELERATE_USE_CPU=1), never N copies that each repeat the run. Stop signals
-are passed on, and the command exits with the code the main process chose (0, 2, 75, 1).
+are passed on, and the command exits with the code the main process chose (0, 2, 3, 75, 1). A
+process that dies without choosing one (killed, out of memory) makes the others fail at their
+next collective; the launcher then names the process that died, and its signal or exit code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from pecft_cli.errors import PecftError
+from pecft_cli.errors import PecftError, RankDied
 
-EXIT_FILE = "PECFT_EXIT_FILE"
+EXIT_DIR = "PECFT_EXIT_DIR"  # where each rank of a relaunch records how it ended
 
 
 def free_port() -> int:
@@ -58,6 +64,10 @@ def launch_command(processes: int, argv: list[str]) -> tuple[list[str], dict[str
         "1",
         "--num_processes",
         str(processes),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
         "--main_process_port",
         str(free_port()),
         "--module",
@@ -81,31 +91,91 @@ def drop_option(argv: list[str], name: str) -> list[str]:
 
 
 def relaunch(processes: int, argv: list[str]) -> int:
-    """Run the command as N processes and return the main process's exit code."""
+    """Run the command as N processes and return the exit code the main process chose; raise
+    RankDied when a process ended without choosing one (killed, out of memory)."""
+    from accelerate.commands.launch import launch_command as accelerate_launch
+    from accelerate.commands.launch import launch_command_parser
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
     command, env = launch_command(processes, argv)
-    with tempfile.TemporaryDirectory() as scratch:
-        exit_file = Path(scratch) / "exit"
-        env[EXIT_FILE] = str(exit_file)
-        child = subprocess.Popen(command, env=env)
-
-        def forward(number: int, frame: object) -> None:
-            # The launcher passes SIGTERM on to every process; they checkpoint and stop.
-            child.send_signal(signal.SIGTERM)
-
-        previous = {n: signal.signal(n, forward) for n in (signal.SIGTERM, signal.SIGUSR1)}
+    arguments = launch_command_parser().parse_args(command[3:])
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory() as scratch, patched_environ(env | {EXIT_DIR: scratch}):
+        # The launcher's agent stops every process on SIGTERM; SIGUSR1 asks for the same.
+        previous = signal.signal(signal.SIGUSR1, lambda n, f: os.kill(os.getpid(), signal.SIGTERM))
+        failures: dict[int, Any] = {}
         try:
-            code = child.wait()
+            accelerate_launch(arguments)
+        except ChildFailedError as exc:
+            failures = exc.failures
+        except SignalException:
+            pass
         finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-        if exit_file.is_file():
-            return int(exit_file.read_text() or code)
-        return code if code in (0, 2) else 1
+            signal.signal(signal.SIGUSR1, previous)
+        return outcome(Path(scratch), failures)
+
+
+def outcome(scratch: Path, failures: dict[int, Any]) -> int:
+    """The main process's exit code when it recorded one that says what happened; otherwise the
+    process that died first, or the traceback of the one that failed."""
+    codes = {rank: int(path.read_text() or 1) for rank, path in records(scratch, "exit")}
+    if codes.get(0, 1) != 1:
+        return codes[0]
+    if not failures:
+        return codes.get(0, 0)
+    silent = sorted(rank for rank in failures if rank not in codes)
+    if silent:
+        rank = silent[0]
+        raise RankDied(rank, failures[rank].exitcode, len(failures))
+    tracebacks = dict(records(scratch, "traceback"))
+    first = tracebacks.get(0) or next(iter(tracebacks.values()), None)
+    if first is not None:
+        sys.stderr.write(first.read_text())
+    return 1
+
+
+def records(scratch: Path, kind: str) -> list[tuple[int, Path]]:
+    """The per-process files of one kind the ranks left in the scratch folder."""
+    return sorted((int(path.stem.removeprefix("rank")), path) for path in scratch.glob(f"*.{kind}"))
+
+
+@contextlib.contextmanager
+def patched_environ(values: dict[str, str]) -> Iterator[None]:
+    """os.environ as `values` for the duration, restored after: the launcher's agent starts the
+    processes with this process's environment."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def under_relaunch() -> Path | None:
+    """The scratch folder of the relaunching parent, when this process is one of its ranks."""
+    folder = os.environ.get(EXIT_DIR)
+    return Path(folder) if folder else None
 
 
 def record_exit(code: object) -> None:
-    """Tell a relaunching parent the main process's exit code."""
-    path = os.environ.get(EXIT_FILE)
-    if path and os.environ.get("RANK", "0") == "0":
+    """Tell a relaunching parent the exit code this process chose."""
+    folder = under_relaunch()
+    if folder is not None:
         value = code if isinstance(code, int) else (0 if code is None else 1)
-        Path(path).write_text(str(value))
+        (folder / f"rank{os.environ.get('RANK', '0')}.exit").write_text(str(value))
+
+
+def record_failure() -> bool:
+    """Hand an unexpected exception's traceback to the relaunching parent instead of printing
+    it: when one process dies, the others fail in their next collective, and only the parent
+    knows which failure came first. Returns whether there is such a parent."""
+    folder = under_relaunch()
+    if folder is None:
+        return False
+    rank = os.environ.get("RANK", "0")
+    (folder / f"rank{rank}.traceback").write_text(f"[rank{rank}] {traceback.format_exc()}")
+    record_exit(1)
+    return True

@@ -118,6 +118,15 @@ def read_json_file(path: Path) -> Any:
         raise PecftError(f"{path}: not a readable JSON file ({exc}).") from None
 
 
+def record_end(root: Path, status: str, error: str) -> None:
+    """Mark a run that its own processes could not mark: one of them died and took the rest."""
+    folder = RunFolder(root)
+    state = read_json_file(folder.state)
+    if isinstance(state, dict) and state.get("status") != "completed":
+        state.update(status=status, error=error, finished_at=now())
+        write_json(folder.state, state)
+
+
 def read_state(folder: RunFolder) -> dict[str, Any] | None:
     """run.json, or None when the folder has none."""
     state = read_json_file(folder.state)

@@ -49,7 +49,7 @@ from pecft_cli.checkpoint import (
     set_rng_state,
 )
 from pecft_cli.data import TaskData, answer_tokens, training_features
-from pecft_cli.errors import PecftError, Preempted
+from pecft_cli.errors import Diverged, PecftError, Preempted, bounded
 from pecft_cli.evaluate import combine, score_task
 from pecft_cli.loss import answer_loss, packs_sequences
 from pecft_cli.metrics import stage_metrics
@@ -135,7 +135,7 @@ def run(recipe: Recipe, *, overwrite: bool = False, on_event: EventCallback = ig
             except BaseException as exc:
                 state["status"] = run_status(exc)
                 if not isinstance(exc, Preempted):
-                    state["error"] = f"{type(exc).__name__}: {exc}"
+                    state["error"] = bounded(f"{type(exc).__name__}: {exc}")
                 state["finished_at"] = runs.now()
                 state["timings"]["wall_seconds"] = round(time.perf_counter() - started, 2)
                 if accelerator.is_main_process:
@@ -406,7 +406,9 @@ def train_task(
             if extra is not None:
                 window_extra = (window_extra or 0.0) + extra.item() / settings.grad_accum
         sum_gradients(accelerator, trainable)
-        torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+        if not torch.isfinite(norm):  # the same on every process: the gradients are summed
+            raise Diverged(divergence(name, step, steps, float(norm), settings))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -663,9 +665,24 @@ def completed_result(folder: runs.RunFolder, state: dict[str, Any]) -> RunResult
     return RunResult(folder.root, tasks, matrix, metrics, state, already_complete=True)
 
 
+def divergence(name: str, step: int, steps: int, norm: float, settings: TrainingSection) -> str:
+    """What happened at the step whose gradients are not finite, and what to do about it."""
+    kind = "NaN" if math.isnan(norm) else "infinite"
+    return (
+        f"task '{name}' diverged at step {step} of {steps}: its gradients became {kind} "
+        f"(training.lr {settings.lr:g}, max_grad_norm {settings.max_grad_norm:g}). The step was "
+        "not applied and no adapter was written for this task; the run folder keeps the earlier "
+        "tasks' adapters and its last checkpoint, from which the same command would diverge "
+        "again. Lower training.lr or add warmup_steps, then start again with --overwrite or "
+        "another output_dir."
+    )
+
+
 def run_status(exc: BaseException) -> str:
     if isinstance(exc, Preempted):
         return "preempted"
+    if isinstance(exc, Diverged):
+        return "diverged"
     return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
 
 

@@ -10,11 +10,13 @@ subprocesses bit for bit.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
 os.environ["OMP_NUM_THREADS"] = "1"
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -89,6 +91,24 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama wide enough for bitsandbytes' 4-bit blocks."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama-64"), hidden=64)
+
+
+def invoke(*args: object) -> Any:
+    """Run the pecft command line in this process, as a shell script would call it."""
+    from typer.testing import CliRunner
+
+    from pecft_cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under a folder with the hash of its bytes, to show nothing changed."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"  # who holds the run folder, rewritten by each run
+    }
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_jsonl
-from test_app import invoke, snapshot
+from conftest import invoke, snapshot, write_jsonl
 
 from pecft_cli.recipe import load_recipe
 from pecft_cli.train import run

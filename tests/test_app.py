@@ -1,31 +1,13 @@
 """The command line end to end on the tiny model: exit codes, messages, the run folder contract."""
 
 import csv
-import hashlib
 import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_jsonl
-from typer.testing import CliRunner
-
-from pecft_cli.app import app
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != ".lock"  # who holds the run folder, rewritten by each run
-    }
+from conftest import invoke, snapshot, write_jsonl
 
 
 def test_validate_shows_tasks_and_marked_first_example(recipe_file: Path) -> None:

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import write_recipe
+from conftest import invoke, write_recipe
 from safetensors.torch import load_file
-from test_app import invoke
 
 from pecft_cli import runs
 from pecft_cli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint

@@ -5,8 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl, write_recipe
-from test_app import invoke, snapshot
+from conftest import invoke, snapshot, write_jsonl, write_recipe
 
 import pecft_cli.eval_run as eval_run
 from pecft_cli.eval_run import evaluate_run

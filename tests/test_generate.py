@@ -5,8 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl, write_recipe
-from test_app import invoke
+from conftest import invoke, write_jsonl, write_recipe
 
 from pecft_cli.generate import generate
 from pecft_cli.merge import merge_adapters

@@ -146,3 +146,64 @@ def test_sigterm_to_a_relaunched_run_stops_every_rank_with_75(
     state = json.loads((tmp_path / "run/run.json").read_text())
     assert state["status"] == "preempted" and state["processes"] == 2
     assert (tmp_path / "run/checkpoint/state.pt").is_file()
+
+
+def rank_processes(root: int) -> dict[int, int]:
+    """The pecft ranks started under process `root`: rank -> pid (Linux /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    ranks = {}
+    for pid in parents:
+        ancestor = parents.get(pid)
+        while ancestor and ancestor != root:
+            ancestor = parents.get(ancestor)
+        if ancestor != root:
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        rank = [item[5:] for item in environ if item.startswith(b"RANK=")]
+        if rank:
+            ranks[int(rank[0])] = pid
+    return ranks
+
+
+def test_a_killed_rank_is_named_with_exit_4_and_the_same_command_resumes(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    recipe = recipe_for(tmp_path, tiny_model, "seq")
+    settings = yaml.safe_load(recipe.read_text())
+    settings["training"].update({"max_steps": 60, "log_every": 1, "checkpoint_every": 5})
+    recipe.write_text(yaml.safe_dump(settings))
+    command = [sys.executable, "-m", "pecft_cli", "train", str(recipe), "--num-processes", "2"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    log = tmp_path / "run/logs/train.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 12):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.01)
+    os.kill(rank_processes(process.pid)[1], signal.SIGKILL)
+    assert process.wait(timeout=120) == 4
+    stderr = process.stderr.read()
+    assert "error: process 1 of 2 was killed by SIGKILL" in stderr
+    assert "run the same command again to resume" in " ".join(stderr.split())
+    assert "Traceback" not in stderr and "ChildFailedError" not in stderr
+    assert len(stderr.split("error:")[1]) < 600
+    state = json.loads((tmp_path / "run/run.json").read_text())
+    assert state["status"] == "process_died" and "process 1 of 2" in state["error"]
+    saved = json.loads((tmp_path / "run/checkpoint/checkpoint.json").read_text())
+    assert saved["stage"] == "codes" and saved["step"] >= 5
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    state = json.loads((tmp_path / "run/run.json").read_text())
+    assert state["status"] == "completed" and len(state["resumed_at"]) == 1
+    assert f"codes step {saved['step'] + 1}/60" in again.stderr
+    assert f"codes step {saved['step']}/60" not in again.stderr  # trained before, not again

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import write_recipe
+from conftest import invoke, snapshot, write_recipe
 from peft import LoraConfig, PeftModel, get_peft_model
-from test_app import invoke, snapshot
 from transformers import AutoModelForCausalLM
 
 import pecft_cli.merge as merge_module

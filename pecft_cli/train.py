@@ -49,6 +49,8 @@ from pecft_cli.checkpoint import (
     set_rng_state,
 )
 from pecft_cli.data import TaskData, answer_tokens, training_features
+from pecft_cli.dropout import DropoutPlan, example_keys
+from pecft_cli.dropout import install as install_dropout
 from pecft_cli.errors import Diverged, PecftError, Preempted, bounded
 from pecft_cli.evaluate import combine, score_task
 from pecft_cli.loss import answer_loss, packs_sequences
@@ -388,20 +390,27 @@ def train_task(
     device = accelerator.device
     window_loss, window_extra, window_tokens = 0.0, None, 0
     window_start = segment_start = time.perf_counter()
+    plan = DropoutPlan()
+    install_dropout(model, plan)
     for step in range(done + 1, steps + 1):
-        for _ in range(settings.grad_accum):
+        for micro in range(settings.grad_accum):
             share = next(batches)[rank::world]
             targets = sum(answer_tokens(f) for f in share)
             global_targets = reduce_sum(accelerator, targets)
-            loss = torch.zeros((), device=device)
-            if share:
-                loss = answer_loss(model, share, pad_id)
-                loss = loss * (targets / global_targets)
-                window_tokens += sum(len(f["input_ids"]) for f in share)
-            extra = strategy.extra_loss(model, index)
-            total_loss = loss if extra is None else loss + extra / world
-            if total_loss.requires_grad:
-                (total_loss / settings.grad_accum).backward()
+            keys = example_keys(
+                seed, step, micro, list(range(rank, rank + world * len(share), world))
+            )
+            lengths = [len(f["input_ids"]) for f in share]
+            with plan.examples(keys, lengths, packed=pad_id is None):
+                loss = torch.zeros((), device=device)
+                if share:
+                    loss = answer_loss(model, share, pad_id)
+                    loss = loss * (targets / global_targets)
+                    window_tokens += sum(lengths)
+                extra = strategy.extra_loss(model, index)
+                total_loss = loss if extra is None else loss + extra / world
+                if total_loss.requires_grad:
+                    (total_loss / settings.grad_accum).backward()
             window_loss += loss.item() / settings.grad_accum
             if extra is not None:
                 window_extra = (window_extra or 0.0) + extra.item() / settings.grad_accum

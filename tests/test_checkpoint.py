@@ -55,7 +55,7 @@ def wait_for_step(process: subprocess.Popen, log: Path, task_index: int, step: i
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if log.is_file():
-            for line in log.read_text().splitlines():
+            for line in log.read_text().split("\n")[:-1]:  # the last may be half written
                 entry = json.loads(line)
                 if (entry["task_index"], entry["step"]) >= (task_index, step):
                     return

@@ -30,7 +30,7 @@ def recipe_for(folder: Path, tiny_model: Path, strategy: str) -> Path:
     path = write_recipe(folder, tiny_model)
     recipe = yaml.safe_load(path.read_text())
     recipe["strategy"] = {"name": strategy}
-    recipe["lora"]["dropout"] = 0.0  # dropout draws differ per process; the sums must not
+    recipe["lora"]["dropout"] = 0.1  # masks follow the examples, not the processes
     recipe["training"].update({"max_steps": 5, "batch_size": 3})
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
@@ -64,7 +64,7 @@ def test_two_cpu_ranks_from_the_launcher_train_what_one_process_does(
         other = load_file(two / "adapters" / adapter.name / "adapter_model.safetensors")
         assert one.keys() == other.keys()
         for key in one:
-            torch.testing.assert_close(other[key], one[key], atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(other[key], one[key], atol=1e-5, rtol=1e-4)
     assert (two / "eval/matrix.csv").read_text() == (single.folder / "eval/matrix.csv").read_text()
     for predictions in (single.folder / "eval/predictions").rglob("*.jsonl"):
         relative = predictions.relative_to(single.folder)

@@ -19,8 +19,9 @@ from pecft_cli.artifacts import Artifact, adapter_error, open_artifact
 from pecft_cli.data import encode, prompt_text, read_local
 from pecft_cli.errors import PecftError, did_you_mean
 from pecft_cli.evaluate import greedy_answers
-from pecft_cli.model import load_model, load_tokenizer
-from pecft_cli.recipe import Recipe, TaskSection
+from pecft_cli.model import load_model, load_tokenizer, model_config, model_location
+from pecft_cli.preflight import context_length
+from pecft_cli.recipe import ModelSection, Recipe, TaskSection
 from pecft_cli.template import template_fields
 from pecft_cli.train import EventCallback, ignore
 
@@ -54,6 +55,10 @@ def generate(
         raise PecftError("no prompts given; pass them as arguments or with --file.")
     if max_new_tokens is not None and max_new_tokens < 1:
         raise PecftError(f"--max-new-tokens {max_new_tokens}: give a positive number of tokens.")
+    if batch_size < 1:
+        raise PecftError(f"--batch-size {batch_size}: give a positive batch size.")
+    if stop is not None and not all(stop):
+        raise PecftError("--stop: a stop string cannot be empty.")
     artifact = open_artifact(source, stage, base)
     section = task_section(artifact, task) if task else None
     if section is not None and chat:
@@ -70,6 +75,8 @@ def generate(
         assert recipe is not None
         max_new_tokens = max_new_tokens or recipe.evaluation.max_new_tokens
         stop = recipe.evaluation.stop if stop is None else stop
+    max_new_tokens = max_new_tokens or FREE_MAX_NEW_TOKENS
+    check_context(artifact.base, [ids for _, ids in prompts], max_new_tokens)
     on_event("status", {"message": f"loading {artifact.path}"})
     model = load_artifact(artifact)
     answers = greedy_answers(
@@ -77,13 +84,26 @@ def generate(
         tokenizer,
         [ids for _, ids in prompts],
         batch_size,
-        max_new_tokens or FREE_MAX_NEW_TOKENS,
+        max_new_tokens,
         stop or [],
     )
     return [
         Generation(item, text, answers[i])
         for i, (item, (text, _)) in enumerate(zip(inputs, prompts, strict=True))
     ]
+
+
+def check_context(base: ModelSection, prompts: list[list[int]], max_new_tokens: int) -> None:
+    """Every prompt with its answer must fit the model's context, read from its config."""
+    context = context_length(model_config(base, model_location(base)))
+    if context is None:
+        return
+    for number, ids in enumerate(prompts, start=1):
+        if len(ids) + max_new_tokens > context:
+            raise PecftError(
+                f"prompt {number}: its {len(ids)} tokens and --max-new-tokens {max_new_tokens} go "
+                f"past the model's context length of {context}; ask for fewer tokens."
+            )
 
 
 def read_inputs(path: Path) -> list[str | dict[str, Any]]:

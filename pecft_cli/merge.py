@@ -8,6 +8,7 @@ the result on the run's tasks so that it can be read against the run's last matr
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -23,11 +24,11 @@ from pecft_cli import __version__, runs
 from pecft_cli.artifacts import MERGE_FILE, adapter_config, adapter_run, base_of, is_run
 from pecft_cli.compare import read_run
 from pecft_cli.data import load_task
-from pecft_cli.errors import PecftError, did_you_mean
+from pecft_cli.errors import PecftError, did_you_mean, short
 from pecft_cli.eval_run import open_run, pick
 from pecft_cli.evaluate import score_task
 from pecft_cli.model import load_model, load_tokenizer
-from pecft_cli.recipe import ModelSection, load_recipe
+from pecft_cli.recipe import MAX_SEED, ModelSection, load_recipe
 from pecft_cli.train import EventCallback, ignore
 
 METHODS = (
@@ -129,6 +130,8 @@ def check_options(
             f"--method {method}: not a merge method{did_you_mean(method, list(METHODS)) or '.'} "
             f"Valid: {', '.join(METHODS)}."
         )
+    if weights is not None and not all(math.isfinite(w) for w in weights):
+        raise PecftError(f"--weights {short(weights)}: every weight must be a finite number.")
     if weights is not None and len(weights) != count:
         raise PecftError(
             f"--weights: {len(weights)} weights given for {count} adapters; give one weight per "
@@ -239,7 +242,14 @@ def merge_adapters(
             "adapter into the base weights, add --into-base."
         )
     check_options(method, len(inputs), weights, density, rank)
+    if not 0 <= seed <= MAX_SEED:
+        raise PecftError(f"--seed {seed}: give a seed from 0 to {MAX_SEED}.")
     check_adapters(inputs, method, combining)
+    if rank is not None and rank > sum(item.rank for item in inputs):
+        raise PecftError(
+            f"--rank {rank}: these adapters add up to an update of rank at most "
+            f"{sum(item.rank for item in inputs)}; a higher rank adds only zeros."
+        )
     check_out(out, force)
     if evaluate and run is None:
         raise PecftError(

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from pecft_cli.data import TaskData, load_task
 from pecft_cli.errors import PecftError
@@ -71,10 +71,10 @@ def check_rank(recipe: Recipe, layers: dict[str, torch.nn.Linear]) -> None:
         )
 
 
-def context_length(skeleton: PreTrainedModel) -> int | None:
+def context_length(config: PretrainedConfig) -> int | None:
     """The longest sequence the model was built for, as its config names it."""
     for key in CONTEXT_KEYS:
-        value = getattr(skeleton.config, key, None)
+        value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
             return value
     return None
@@ -128,7 +128,10 @@ class MemoryEstimate:
 
 def size(count: int) -> str:
     """Bytes in the unit a person reads at a glance."""
-    return f"{count / GIB:.1f} GiB" if count >= GIB else f"{count / 2**20:.1f} MiB"
+    for unit, scale in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
 
 
 def estimate_memory(
@@ -177,7 +180,7 @@ def check_limits(
     """Every model-dependent range, and the memory estimate; returns the estimate."""
     layers = lora_layers(recipe, skeleton)
     check_rank(recipe, layers)
-    check_lengths(recipe, tasks, context_length(skeleton))
+    check_lengths(recipe, tasks, context_length(skeleton.config))
     estimate = estimate_memory(recipe, skeleton, layers, tasks, processes)
     host_share = processes if estimate.device == "of RAM" else 1
     if estimate.total * host_share > estimate.capacity:

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import rescore_with_stock_peft
+from conftest import invoke, rescore_with_stock_peft
 from safetensors.torch import load_file
 
 from pecft_cli.recipe import load_recipe, output_dir
@@ -155,3 +155,26 @@ def test_gradient_checkpointing_on_a_model_without_it_is_refused(
     recipe = load_recipe(recipe_file, ["training.gradient_checkpointing=true"])
     with pytest.raises(PecftError, match="does not support gradient checkpointing"):
         run(recipe)
+
+
+def test_a_diverging_task_stops_at_its_step_with_exit_3_and_keeps_what_came_before(
+    recipe_file: Path,
+) -> None:
+    overrides = ["tasks.1.training.lr=1e30", "training.max_steps=6", "training.checkpoint_every=2"]
+    result = invoke("train", recipe_file, *[a for o in overrides for a in ("--set", o)])
+    assert result.exit_code == 3, result.output
+    message = " ".join(result.output.split())
+    assert "error: task 'yesno' diverged at step " in message
+    assert "its gradients became NaN" in message and "--overwrite" in message
+    assert "Traceback" not in result.output
+    folder = recipe_file.parent / "run"
+    state = json.loads((folder / "run.json").read_text())
+    assert state["status"] == "diverged" and state["tasks_done"] == ["codes"]
+    assert "diverged at step" in state["error"]
+    assert [p.name for p in (folder / "adapters").iterdir()] == ["01-codes"]
+    weights = load_file(folder / "adapters/01-codes/adapter_model.safetensors")
+    assert all(value.isfinite().all() for value in weights.values())
+    saved = json.loads((folder / "checkpoint/checkpoint.json").read_text())
+    assert (saved["stage_index"], saved["step"]) == (1, 0)  # the end of the last good stage
+    logged = [json.loads(line) for line in (folder / "logs/train.jsonl").read_text().splitlines()]
+    assert all(entry["loss"] == entry["loss"] for entry in logged)  # no NaN logged

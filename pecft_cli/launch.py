@@ -9,7 +9,6 @@ next collective; the launcher then names the process that died, and its signal o
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -17,7 +16,6 @@ import socket
 import sys
 import tempfile
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +93,18 @@ def relaunch(processes: int, argv: list[str]) -> int:
     RankDied when a process ended without choosing one (killed, out of memory)."""
     from accelerate.commands.launch import launch_command as accelerate_launch
     from accelerate.commands.launch import launch_command_parser
+    from accelerate.utils import patch_environment
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     command, env = launch_command(processes, argv)
     arguments = launch_command_parser().parse_args(command[3:])
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    with tempfile.TemporaryDirectory() as scratch, patched_environ(env | {EXIT_DIR: scratch}):
+    added = {key: value for key, value in env.items() if os.environ.get(key) != value}
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        patch_environment(**added, **{EXIT_DIR: scratch}),
+    ):
         # The launcher's agent stops every process on SIGTERM; SIGUSR1 asks for the same.
         previous = signal.signal(signal.SIGUSR1, lambda n, f: os.kill(os.getpid(), signal.SIGTERM))
         failures: dict[int, Any] = {}
@@ -113,10 +116,10 @@ def relaunch(processes: int, argv: list[str]) -> int:
             pass
         finally:
             signal.signal(signal.SIGUSR1, previous)
-        return outcome(Path(scratch), failures)
+        return outcome(Path(scratch), failures, processes)
 
 
-def outcome(scratch: Path, failures: dict[int, Any]) -> int:
+def outcome(scratch: Path, failures: dict[int, Any], processes: int) -> int:
     """The main process's exit code when it recorded one that says what happened; otherwise the
     process that died first, or the traceback of the one that failed."""
     codes = {rank: int(path.read_text() or 1) for rank, path in records(scratch, "exit")}
@@ -127,7 +130,7 @@ def outcome(scratch: Path, failures: dict[int, Any]) -> int:
     silent = sorted(rank for rank in failures if rank not in codes)
     if silent:
         rank = silent[0]
-        raise RankDied(rank, failures[rank].exitcode, len(failures))
+        raise RankDied(rank, failures[rank].exitcode, processes)
     tracebacks = dict(records(scratch, "traceback"))
     first = tracebacks.get(0) or next(iter(tracebacks.values()), None)
     if first is not None:
@@ -138,20 +141,6 @@ def outcome(scratch: Path, failures: dict[int, Any]) -> int:
 def records(scratch: Path, kind: str) -> list[tuple[int, Path]]:
     """The per-process files of one kind the ranks left in the scratch folder."""
     return sorted((int(path.stem.removeprefix("rank")), path) for path in scratch.glob(f"*.{kind}"))
-
-
-@contextlib.contextmanager
-def patched_environ(values: dict[str, str]) -> Iterator[None]:
-    """os.environ as `values` for the duration, restored after: the launcher's agent starts the
-    processes with this process's environment."""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def under_relaunch() -> Path | None:

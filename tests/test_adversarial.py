@@ -254,6 +254,8 @@ def keep(run_dir: Path) -> None:
     """No damage: the command line itself is wrong."""
 
 
+MERGE = ["merge-adapters", "{run}", "--out", "{run}/../m"]
+
 RUN_CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
     "eval: not a run folder": (
         lambda r: (r / "run.json").unlink(),
@@ -305,37 +307,17 @@ RUN_CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
     "generate: empty stop string": (keep, ["generate", "{run}", "x", "--stop", ""], "cannot be"),
     "merge: rank beyond the adapters": (
         keep,
-        [
-            "merge-adapters",
-            "{run}",
-            "--out",
-            "{run}/../m",
-            "--method",
-            "svd",
-            "--rank",
-            "1000000000",
-        ],
+        [*MERGE, "--method", "svd", "--rank", "1000000000"],
         "rank at most 8",
     ),
     "merge: seed beyond every generator": (
         keep,
-        [
-            "merge-adapters",
-            "{run}",
-            "--out",
-            "{run}/../m",
-            "--method",
-            "dare_linear",
-            "--density",
-            "0.5",
-            "--seed",
-            "100000000000000000000",
-        ],
+        [*MERGE, "--method", "dare_linear", "--density", "0.5", "--seed", "1" + "0" * 20],
         "give a seed from 0 to 4294967295",
     ),
     "merge: infinite weights": (
         keep,
-        ["merge-adapters", "{run}", "--out", "{run}/../m", "--weights", "nan,inf"],
+        [*MERGE, "--weights", "nan,inf"],
         "every weight must be a finite number",
     ),
     "eval: extra data nested past any row": (

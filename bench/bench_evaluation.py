@@ -211,7 +211,8 @@ def generation_rows(recipe: Any, adapter: Path, folder: Path, repeats: int) -> l
 
 def task_recipe(recipe: Any, task: str, max_new_tokens: int) -> Any:
     """The adapter's recipe with another quickstart task in place of its own."""
-    from pecft_cli.recipe import TaskSection, load_recipe
+    from pecft_cli.recipe import TaskSection
+    from pecft_cli.recipe_file import load_recipe
 
     quickstart = load_recipe(ROOT / "recipes" / "quickstart.yaml")
     (section,) = [t for t in quickstart.tasks if t.name == task]

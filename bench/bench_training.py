@@ -44,7 +44,7 @@ def quickstart_examples(max_length: int):
     """Every quickstart task's training examples, in task order, and the tokenizer."""
     from pecft_cli.model import load_tokenizer
     from pecft_cli.preflight import preflight
-    from pecft_cli.recipe import load_recipe
+    from pecft_cli.recipe_file import load_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
     tokenizer = load_tokenizer(recipe.model)
@@ -115,50 +115,64 @@ def step_features(examples: list, args) -> list[dict[str, list[int]]]:
     return (ordered * (needed // len(ordered) + 1))[:needed]
 
 
-def time_pecft(model_factory, tokenizer, examples, args, strategy_name="seq", index=0) -> dict:
-    """One pecft task (train_task) on a fresh LoRA; wall time and tokens."""
+def time_pecft(model_factory, recipe, tokenizer, examples, args, strategy_name="seq", index=0):
+    """One pecft stage (StageTrainer) on a fresh LoRA; wall time and tokens."""
     from accelerate import Accelerator
 
     from pecft_cli import runs
+    from pecft_cli.context import RunContext
+    from pecft_cli.events import ignore
+    from pecft_cli.optimize import StagePlan, StageTrainer
+    from pecft_cli.preemption import StopSignals
     from pecft_cli.recipe import StrategySection
     from pecft_cli.strategies import build_strategy
-    from pecft_cli.train import StopSignals, ignore, train_task
+    from pecft_cli.strategies.base import Stage
 
     accelerator = Accelerator(cpu=args.device == "cpu")
-    options = {"per_task": 64} if strategy_name == "replay" else {}
-    section = StrategySection(name=strategy_name, options=options)
-    strategy = build_strategy(section, lora_section(), ["first", "second"], seed=0)
+    replay = {"per_task": 64} if strategy_name == "replay" else {}
+    section = StrategySection(name=strategy_name, options=replay)
+    names = ["first", "second"]
+    strategy, buffer = build_strategy(section, lora_section(), names, seed=0)
+    stages = strategy.stages()
     torch.manual_seed(0)
     model = strategy.attach(model_factory())
-    settings = training_section(args)
     with tempfile.TemporaryDirectory() as scratch:
         folder = runs.RunFolder(Path(scratch))
         (folder.root / "logs").mkdir()
+        state = runs.RunState(name="bench", seed=args.seed, strategy=strategy_name, tasks=names)
+        ctx = RunContext(
+            accelerator=accelerator,
+            recipe=recipe,
+            tokenizer=tokenizer,
+            tasks=[],
+            strategy=strategy,
+            replay=buffer,
+            folder=folder,
+            state=state,
+            stop=StopSignals(),
+            on_event=ignore,
+            model=model,
+        )
         half = len(examples) // 2
         first, second = examples[:half], examples[half:]
         if index == 1:  # let the strategy see a finished first task (Fisher, buffer, frozen LoRA)
-            strategy.before_task(model, 0)
-            strategy.after_task(model, 0, strategy.train_examples(0, first[:64]))
-        strategy.before_task(model, index)
-        batch = strategy.train_examples(index, second if index else examples)
-        started = time.perf_counter()
-        summary = train_task(
-            accelerator,
-            model,
-            tokenizer,
-            strategy,
-            "bench",
-            index,
-            1,
-            batch,
-            settings,
-            args.seed,
-            folder,
-            strategy.state_dict(),
-            None,
-            StopSignals(),
-            ignore,
+            strategy.before_stage(model, stages[0])
+            strategy.after_stage(model, stages[0], first[:64])
+            if buffer is not None:
+                buffer.remember(0, first[:64])
+        strategy.before_stage(model, stages[index])
+        own = second if index else examples
+        memory = {"strategy": strategy.state_dict(), "replay": {}}
+        plan = StagePlan(
+            stage=Stage(index, "bench", (index,)),
+            total=1,
+            examples=buffer.mix(own) if buffer is not None else own,
+            settings=training_section(args),
+            seed=args.seed,
+            memory=memory,
         )
+        started = time.perf_counter()
+        summary = StageTrainer(ctx, plan).train()
         seconds = time.perf_counter() - started
     model.unload()  # the base model again, for the next measurement
     loss = summary["first_loss"]  # log_every = steps: the mean over every step
@@ -314,7 +328,8 @@ def main() -> None:
         rows = {}
         for name in ["seq", *[s for s in args.strategies.split(",") if s != "seq"]]:
             timed = [
-                time_pecft(fresh, tokenizer, examples, args, name, 1) for _ in range(args.repeats)
+                time_pecft(fresh, recipe, tokenizer, examples, args, name, 1)
+                for _ in range(args.repeats)
             ]
             rows[name] = report(f"pecft {name} (task 2)", timed, flops_per_token, peak)
         for name, row in rows.items():
@@ -323,7 +338,7 @@ def main() -> None:
     print(f"the timed steps: {batch_shape(examples, args)}", flush=True)
     pecft, trainer = [], []
     for _ in range(args.repeats):
-        pecft.append(time_pecft(fresh, tokenizer, examples, args))
+        pecft.append(time_pecft(fresh, recipe, tokenizer, examples, args))
         trainer.append(time_trainer(fresh, tokenizer, examples, args))
     assert pecft[0]["tokens"] == trainer[0]["tokens"], (pecft[0]["tokens"], trainer[0]["tokens"])
     ours = report("pecft task loop", pecft, flops_per_token, peak)

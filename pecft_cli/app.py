@@ -26,7 +26,9 @@ from rich.text import Text
 from pecft_cli import __version__
 from pecft_cli.console import TrainProgress, err, out
 from pecft_cli.errors import Diverged, PecftError, Preempted, RankDied, bounded, short, short_text
-from pecft_cli.report import comparison_table, matrix_table, merges_table, metrics_table
+from pecft_cli.launch import launched_rank
+from pecft_cli.runs import Timings
+from pecft_cli.tables import comparison_table, matrix_table, merges_table, metrics_table
 
 app = typer.Typer(
     name="pecft",
@@ -55,12 +57,6 @@ TrustOption = Annotated[
         help="Let a model run its own Python code (its recipe must set trust_remote_code too).",
     ),
 ]
-
-
-def allow_remote_code(flag: bool) -> None:
-    """The command line's half of the two-key opt-in (the recipe holds the other half)."""
-    if flag:
-        os.environ["PECFT_TRUST_REMOTE_CODE"] = "1"
 
 
 JsonOption = Annotated[
@@ -137,14 +133,14 @@ def validate(
 ) -> None:
     """Check a recipe and its data and show each task's first example as the model sees it."""
     quiet_libraries()
-    allow_remote_code(trust_remote_code)
     from pecft_cli.model import load_tokenizer
     from pecft_cli.preflight import preflight
-    from pecft_cli.recipe import load_recipe, output_dir
+    from pecft_cli.recipe import output_dir
+    from pecft_cli.recipe_file import load_recipe
 
     parsed = load_recipe(recipe, set_)
-    tokenizer = load_tokenizer(parsed.model)
-    checked = preflight(parsed, tokenizer)
+    tokenizer = load_tokenizer(parsed.model, trust_remote_code)
+    checked = preflight(parsed, tokenizer, trust_remote_code=trust_remote_code)
     tasks, memory = checked.tasks, checked.memory
     if as_json:
         document = {
@@ -239,8 +235,7 @@ def train(
     Running the same command on an unfinished run resumes it; on a finished one it says so.
     """
     quiet_libraries()
-    allow_remote_code(trust_remote_code)
-    from pecft_cli.recipe import load_recipe
+    from pecft_cli.recipe_file import load_recipe
     from pecft_cli.train import run
 
     parsed = load_recipe(recipe, set_)
@@ -258,7 +253,12 @@ def train(
         raise typer.Exit(code)
     with TrainProgress() as progress:
         try:
-            result = run(parsed, overwrite=overwrite, on_event=progress)
+            result = run(
+                parsed,
+                overwrite=overwrite,
+                trust_remote_code=trust_remote_code,
+                on_event=progress,
+            )
         except Preempted as exc:
             err.print(
                 f"stopped on request ({exc}); checkpoint saved. Run the same command again to "
@@ -276,29 +276,29 @@ def train(
             result.tasks,
             result.matrix,
             result.metrics,
-            status=result.state["status"],
+            status=result.state.status,
             already_complete=result.already_complete,
         )
         return
     if result.already_complete:
         err.print(f"{result.folder}: this run is already complete; nothing to do.", highlight=False)
     show_results(result.tasks, result.matrix, result.metrics)
-    timings = time_split(result.state["timings"])
+    timings = time_split(result.state.timings)
     out.print(f"run folder: {result.folder} ({timings})", highlight=False)
 
 
-def time_split(timings: dict[str, Any]) -> str:
+def time_split(timings: Timings) -> str:
     """Wall time and how much of it went to training and to evaluation."""
-    wall = timings["wall_seconds"]
-    train = sum(timings.get("train_seconds", {}).values())
-    evaluation = sum(timings.get("eval_seconds", {}).values())
+    wall = timings.wall_seconds or 0.0
+    train = sum(timings.train_seconds.values())
+    evaluation = sum(timings.eval_seconds.values())
     share = f" = {evaluation / wall:.0%}" if wall else ""
     return f"{wall:.0f}s: training {train:.0f}s, evaluation {evaluation:.0f}s{share}"
 
 
 def is_main_process() -> bool:
     """Whether this process prints: the only one, or rank 0 of several."""
-    return os.environ.get("RANK", "0") == "0"
+    return launched_rank() == 0
 
 
 RunArg = Annotated[Path, typer.Argument(help="Run folder (a `pecft train` output_dir).")]
@@ -339,19 +339,19 @@ def eval_(
 ) -> None:
     """Score a trained run again from its saved adapters; resumes an interrupted evaluation."""
     quiet_libraries()
-    allow_remote_code(trust_remote_code)
-    from pecft_cli.eval_run import evaluate_run
+    from pecft_cli.eval_run import EvalOptions, evaluate_run
 
+    options = EvalOptions(
+        tasks=names(tasks),
+        stages=names(stages),
+        limit=limit,
+        batch_size=batch_size,
+        data=data or [],
+        out=out_dir,
+    )
     with TrainProgress() as progress:
         result = evaluate_run(
-            run_dir,
-            tasks=names(tasks),
-            stages=names(stages),
-            limit=limit,
-            batch_size=batch_size,
-            data=data,
-            out=out_dir,
-            on_event=progress,
+            run_dir, options, trust_remote_code=trust_remote_code, on_event=progress
         )
     if not is_main_process():
         return
@@ -381,11 +381,11 @@ def report(
 ) -> None:
     """Show one run's matrix and metrics (and redraw eval/matrix.png), or compare several runs."""
     quiet_libraries()
-    from pecft_cli.compare import SUMMARY_FIELDS, read_run
+    from pecft_cli.report import SUMMARY_FIELDS, read_results
 
     if as_json and as_csv:
         raise PecftError("--json and --csv: choose one output format.")
-    reports = [read_run(path) for path in run_dirs]
+    reports = [read_results(path) for path in run_dirs]
     if len(reports) == 1 and not as_csv:
         (one,) = reports
         one.redraw_heatmap()
@@ -458,25 +458,30 @@ def merge_adapters(
 ) -> None:
     """Combine adapters into one (or fold them into the base model) with PEFT, and score it."""
     quiet_libraries()
-    allow_remote_code(trust_remote_code)
+    from pecft_cli.merge import MergeOptions
     from pecft_cli.merge import merge_adapters as merge
 
+    options = MergeOptions(
+        method=method,
+        tasks=names(tasks),
+        weights=floats(weights, "--weights"),
+        density=density,
+        rank=rank,
+        seed=seed,
+        into_base=into_base,
+        base=base,
+        force=force,
+        evaluate=evaluate,
+    )
     with TrainProgress() as progress:
         result = merge(
-            sources,
-            out_dir,
-            method=method,
-            tasks=names(tasks),
-            weights=floats(weights, "--weights"),
-            density=density,
-            rank=rank,
-            seed=seed,
-            into_base=into_base,
-            base=base,
-            force=force,
-            evaluate=evaluate,
-            on_event=progress,
+            sources, out_dir, options, trust_remote_code=trust_remote_code, on_event=progress
         )
+    show_merge(result, as_json)
+
+
+def show_merge(result: Any, as_json: bool) -> None:
+    """A merge's result: one JSON document, or a line on what was written and its scores."""
     record = result.record
     if as_json:
         last = result.last_stage
@@ -539,9 +544,8 @@ def generate(
 ) -> None:
     """Answer prompts greedily with a result; one answer per line on stdout."""
     quiet_libraries()
-    allow_remote_code(trust_remote_code)
+    from pecft_cli.generate import GenerateOptions, prompt_lines, read_inputs
     from pecft_cli.generate import generate as answer
-    from pecft_cli.generate import prompt_lines, read_inputs
 
     inputs: list[Any] = list(prompts or [])
     if file is not None and str(file) == "-":
@@ -550,18 +554,18 @@ def generate(
         inputs += prompt_lines(sys.stdin.read())
     elif file is not None:
         inputs += read_inputs(file)
+    options = GenerateOptions(
+        task=task,
+        stage=stage,
+        base=base,
+        chat=chat,
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+        batch_size=batch_size,
+    )
     with TrainProgress() as progress:
         results = answer(
-            source,
-            inputs,
-            task=task,
-            stage=stage,
-            base=base,
-            chat=chat,
-            max_new_tokens=max_new_tokens,
-            stop=stop,
-            batch_size=batch_size,
-            on_event=progress,
+            source, inputs, options, trust_remote_code=trust_remote_code, on_event=progress
         )
     if as_json:
         rows = [{"input": r.input, "prompt": r.prompt, "answer": r.answer} for r in results]

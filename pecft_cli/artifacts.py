@@ -16,7 +16,8 @@ from safetensors import safe_open
 
 from pecft_cli import runs
 from pecft_cli.errors import PecftError
-from pecft_cli.recipe import ModelSection, Recipe, load_recipe
+from pecft_cli.recipe import ModelSection, Recipe
+from pecft_cli.recipe_file import load_recipe
 
 MERGE_FILE = "merge.json"
 
@@ -108,13 +109,11 @@ def open_artifact(path: Path, stage: str | None = None, base: str | None = None)
     model folder into what has to be loaded."""
     path = path.resolve()
     if is_run(path):
-        from pecft_cli.eval_run import BASE, open_run, pick
-
-        trained = open_run(path)
-        stages = trained.stages
-        (chosen,) = pick([stage], stages, "stage", path) if stage else stages[-1:]
-        adapter = None if chosen == BASE else trained.adapters[chosen]
-        model = ModelSection(path=base) if base else trained.recipe.model
+        saved = runs.open_run(path)
+        stages = saved.stages
+        (chosen,) = runs.pick([stage], stages, "stage", path) if stage else stages[-1:]
+        adapter = None if chosen == runs.BASE else saved.adapters[chosen]
+        model = ModelSection(path=base) if base else load_recipe(saved.folder.recipe).model
         return Artifact(path, model, adapter, path)
     if stage:
         raise PecftError(

@@ -16,23 +16,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 
 from pecft_cli import runs
+from pecft_cli.distributed import gather
 from pecft_cli.errors import PecftError, first_line
 
 STATE_FILE = "state.pt"
 SUMMARY_FILE = "checkpoint.json"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Checkpoint:
-    """Training state at a step boundary of stage `stage_index` (`step` optimizer steps done)."""
+    """Training state at a step boundary of stage `stage_index` (`step` optimizer steps done;
+    0 at a stage boundary, where the stage has not started). `strategy` and `replay` hold the
+    strategy's and the replay buffer's memory as it was when the stage started; `rng` every
+    process's random generators, gathered when the checkpoint is written."""
 
     stage_index: int
     step: int
     lora: dict[str, torch.Tensor]
     strategy: dict[str, Any]
-    rng: list[dict[str, Any]]
+    replay: dict[str, Any] = field(default_factory=dict)
+    rng: list[dict[str, Any]] = field(default_factory=list)
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
     progress: dict[str, Any] = field(default_factory=dict)
@@ -80,8 +86,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(folder: runs.RunFolder, checkpoint: Checkpoint, stage: str) -> None:
-    """Publish the checkpoint in one rename, with a readable summary beside the state."""
+def write_checkpoint(
+    accelerator: Accelerator, folder: runs.RunFolder, checkpoint: Checkpoint, stage: str | None
+) -> None:
+    """Collect every process's random generators, then let the main process publish."""
+    checkpoint.rng = gather(accelerator, rng_state())
+    if accelerator.is_main_process:
+        save_checkpoint(folder, checkpoint, stage)
+    accelerator.wait_for_everyone()
+
+
+def save_checkpoint(folder: runs.RunFolder, checkpoint: Checkpoint, stage: str | None) -> None:
+    """Publish the checkpoint in one rename, with a readable summary beside the state; `stage`
+    names the stage it resumes (None when every stage has trained)."""
 
     def fill(scratch: Path) -> None:
         torch.save(asdict(checkpoint), scratch / STATE_FILE)

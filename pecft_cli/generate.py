@@ -12,18 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from peft import PeftModel
 
 from pecft_cli.artifacts import Artifact, adapter_error, open_artifact
 from pecft_cli.data import encode, prompt_text, read_local
+from pecft_cli.distributed import device
 from pecft_cli.errors import PecftError, did_you_mean
 from pecft_cli.evaluate import greedy_answers
+from pecft_cli.events import EventCallback, ignore
 from pecft_cli.model import load_model, load_tokenizer, model_config, model_location
 from pecft_cli.preflight import context_length
 from pecft_cli.recipe import ModelSection, Recipe, TaskSection
 from pecft_cli.template import template_fields
-from pecft_cli.train import EventCallback, ignore
 
 FREE_MAX_NEW_TOKENS = 128
 
@@ -37,65 +37,79 @@ class Generation:
     answer: str
 
 
+@dataclass
+class GenerateOptions:
+    """How to answer: with a task's template (`task`), at a run's `stage`, on another `base`,
+    in the chat template (`chat`, without a task), and the decoding limits."""
+
+    task: str | None = None
+    stage: str | None = None
+    base: str | None = None
+    chat: bool = False
+    max_new_tokens: int | None = None
+    stop: list[str] | None = None
+    batch_size: int = 16
+
+
 def generate(
     source: Path,
     inputs: list[str | dict[str, Any]],
+    options: GenerateOptions | None = None,
     *,
-    task: str | None = None,
-    stage: str | None = None,
-    base: str | None = None,
-    chat: bool = False,
-    max_new_tokens: int | None = None,
-    stop: list[str] | None = None,
-    batch_size: int = 16,
+    trust_remote_code: bool = False,
     on_event: EventCallback = ignore,
 ) -> list[Generation]:
     """Load the result at `source` and answer every input greedily, in order."""
-    if not inputs:
-        raise PecftError("no prompts given; pass them as arguments or with --file.")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise PecftError(f"--max-new-tokens {max_new_tokens}: give a positive number of tokens.")
-    if batch_size < 1:
-        raise PecftError(f"--batch-size {batch_size}: give a positive batch size.")
-    if stop is not None and not all(stop):
-        raise PecftError("--stop: a stop string cannot be empty.")
-    artifact = open_artifact(source, stage, base)
-    section = task_section(artifact, task) if task else None
-    if section is not None and chat:
+    options = options or GenerateOptions()
+    check_options(inputs, options)
+    artifact = open_artifact(source, options.stage, options.base)
+    section = task_section(artifact, options.task) if options.task else None
+    if section is not None and options.chat:
         raise PecftError("--chat: with --task, the task's own chat setting applies; drop --chat.")
-    tokenizer = load_tokenizer(artifact.base)
+    tokenizer = load_tokenizer(artifact.base, trust_remote_code)
     prompts = [
         task_prompt(section, item, tokenizer, n)
         if section
-        else free_prompt(item, tokenizer, chat, n)
+        else free_prompt(item, tokenizer, options.chat, n)
         for n, item in enumerate(inputs, start=1)
     ]
+    max_new_tokens, stop = options.max_new_tokens, options.stop
     if section is not None:
         recipe = artifact.recipe()
         assert recipe is not None
         max_new_tokens = max_new_tokens or recipe.evaluation.max_new_tokens
         stop = recipe.evaluation.stop if stop is None else stop
     max_new_tokens = max_new_tokens or FREE_MAX_NEW_TOKENS
-    check_context(artifact.base, [ids for _, ids in prompts], max_new_tokens)
+    ids = [ids for _, ids in prompts]
+    check_context(artifact.base, ids, max_new_tokens, trust_remote_code)
     on_event("status", {"message": f"loading {artifact.path}"})
-    model = load_artifact(artifact)
-    answers = greedy_answers(
-        model,
-        tokenizer,
-        [ids for _, ids in prompts],
-        batch_size,
-        max_new_tokens,
-        stop or [],
-    )
+    model = load_artifact(artifact, trust_remote_code)
+    answers = greedy_answers(model, tokenizer, ids, options.batch_size, max_new_tokens, stop or [])
     return [
         Generation(item, text, answers[i])
         for i, (item, (text, _)) in enumerate(zip(inputs, prompts, strict=True))
     ]
 
 
-def check_context(base: ModelSection, prompts: list[list[int]], max_new_tokens: int) -> None:
+def check_options(inputs: list[str | dict[str, Any]], options: GenerateOptions) -> None:
+    """The inputs and the numbers, checked before anything is loaded."""
+    if not inputs:
+        raise PecftError("no prompts given; pass them as arguments or with --file.")
+    if options.max_new_tokens is not None and options.max_new_tokens < 1:
+        raise PecftError(
+            f"--max-new-tokens {options.max_new_tokens}: give a positive number of tokens."
+        )
+    if options.batch_size < 1:
+        raise PecftError(f"--batch-size {options.batch_size}: give a positive batch size.")
+    if options.stop is not None and not all(options.stop):
+        raise PecftError("--stop: a stop string cannot be empty.")
+
+
+def check_context(
+    base: ModelSection, prompts: list[list[int]], max_new_tokens: int, trust_remote_code: bool
+) -> None:
     """Every prompt with its answer must fit the model's context, read from its config."""
-    context = context_length(model_config(base, model_location(base)))
+    context = context_length(model_config(base, model_location(base), trust_remote_code))
     if context is None:
         return
     for number, ids in enumerate(prompts, start=1):
@@ -127,9 +141,9 @@ def prompt_lines(text: str) -> list[str | dict[str, Any]]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def load_artifact(artifact: Artifact) -> Any:
+def load_artifact(artifact: Artifact, trust_remote_code: bool) -> Any:
     """The base model with the artifact's adapter applied (stock PEFT), in eval mode."""
-    model = load_model(artifact.base, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(artifact.base, device(), trust_remote_code)
     if artifact.adapter is not None:
         try:
             model = PeftModel.from_pretrained(model, artifact.adapter)

@@ -19,8 +19,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pecft_cli.errors import PecftError, RankDied
 
 EXIT_DIR = "PECFT_EXIT_DIR"  # where each rank of a relaunch records how it ended
@@ -37,6 +35,8 @@ def launch_command(processes: int, argv: list[str]) -> tuple[list[str], dict[str
     """The `accelerate launch` command line and environment that run `pecft argv` N times."""
     if processes < 1:
         raise PecftError(f"--num-processes {processes}: give a positive number of processes.")
+    import torch
+
     env = dict(os.environ)
     gpus = torch.cuda.device_count()
     cores = os.cpu_count() or 1
@@ -143,6 +143,12 @@ def records(scratch: Path, kind: str) -> list[tuple[int, Path]]:
     return sorted((int(path.stem.removeprefix("rank")), path) for path in scratch.glob(f"*.{kind}"))
 
 
+def launched_rank() -> int:
+    """The rank this process was started as (0 when it was started alone), known before any
+    process group is formed."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def under_relaunch() -> Path | None:
     """The scratch folder of the relaunching parent, when this process is one of its ranks."""
     folder = os.environ.get(EXIT_DIR)
@@ -154,7 +160,7 @@ def record_exit(code: object) -> None:
     folder = under_relaunch()
     if folder is not None:
         value = code if isinstance(code, int) else (0 if code is None else 1)
-        (folder / f"rank{os.environ.get('RANK', '0')}.exit").write_text(str(value))
+        (folder / f"rank{launched_rank()}.exit").write_text(str(value))
 
 
 def record_failure() -> bool:
@@ -164,7 +170,7 @@ def record_failure() -> bool:
     folder = under_relaunch()
     if folder is None:
         return False
-    rank = os.environ.get("RANK", "0")
+    rank = launched_rank()
     (folder / f"rank{rank}.traceback").write_text(f"[rank{rank}] {traceback.format_exc()}")
     record_exit(1)
     return True

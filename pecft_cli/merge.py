@@ -9,8 +9,6 @@ the result on the run's tasks so that it can be read against the run's last matr
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,15 +19,16 @@ import torch
 from peft import PeftConfig, PeftModel
 
 from pecft_cli import __version__, runs
+from pecft_cli.adapters import save_named_adapter
 from pecft_cli.artifacts import MERGE_FILE, adapter_config, adapter_run, base_of, is_run
-from pecft_cli.compare import read_run
 from pecft_cli.data import load_task
+from pecft_cli.distributed import device
 from pecft_cli.errors import PecftError, did_you_mean, short
-from pecft_cli.eval_run import open_run, pick
 from pecft_cli.evaluate import score_task
+from pecft_cli.events import EventCallback, ignore
 from pecft_cli.model import load_model, load_tokenizer
-from pecft_cli.recipe import MAX_SEED, ModelSection, load_recipe
-from pecft_cli.train import EventCallback, ignore
+from pecft_cli.recipe import MAX_SEED, ModelSection
+from pecft_cli.recipe_file import load_recipe
 
 METHODS = (
     "cat",
@@ -88,17 +87,16 @@ def merge_inputs(
     """
     if len(sources) == 1 and is_run(sources[0].resolve()):
         root = sources[0].resolve()
-        trained = open_run(root)
-        folder = runs.RunFolder(root)
+        saved = runs.open_run(root)
         own = {
-            task: folder.task_lora(i, task)
-            for i, task in enumerate(trained.tasks)
-            if (folder.task_lora(i, task) / "adapter_config.json").is_file()
+            task: saved.folder.task_lora(i, task)
+            for i, task in enumerate(saved.tasks)
+            if (saved.folder.task_lora(i, task) / "adapter_config.json").is_file()
         }
-        kind, found = ("task_loras", own) if own else ("stages", trained.adapters)
+        kind, found = ("task_loras", own) if own else ("stages", saved.adapters)
         if not found:
             raise PecftError(f"{root}: the run has no saved adapters yet; nothing to merge.")
-        chosen = pick(tasks, list(found), "task", root)
+        chosen = runs.pick(tasks, list(found), "task", root)
         return [MergeInput(n, found[n], adapter_config(found[n])) for n in chosen], root, kind
     if tasks:
         raise PecftError(
@@ -214,106 +212,138 @@ def check_out(out: Path, force: bool) -> None:
         raise PecftError(f"--out {out}: already exists; {hint}, or choose another --out.")
 
 
+@dataclass
+class MergeOptions:
+    """How to merge: the method and its weights, density, rank and seed; which of a run's
+    tasks; into an adapter or (`into_base`) a whole model; and whether to score the result."""
+
+    method: str = "cat"
+    tasks: list[str] | None = None
+    weights: list[float] | None = None
+    density: float | None = None
+    rank: int | None = None
+    seed: int = 0
+    into_base: bool = False
+    base: str | None = None
+    force: bool = False
+    evaluate: bool = False
+
+
 def merge_adapters(
     sources: list[Path],
     out: Path,
+    options: MergeOptions | None = None,
     *,
-    method: str = "cat",
-    tasks: list[str] | None = None,
-    weights: list[float] | None = None,
-    density: float | None = None,
-    rank: int | None = None,
-    seed: int = 0,
-    into_base: bool = False,
-    base: str | None = None,
-    force: bool = False,
-    evaluate: bool = False,
+    trust_remote_code: bool = False,
     on_event: EventCallback = ignore,
 ) -> MergeResult:
     """Merge the adapters, write `out` (an adapter, or a whole model with `into_base`), and
     score it on the run's tasks when asked."""
     started = time.perf_counter()
+    options = options or MergeOptions()
     out = out.resolve()
-    inputs, run, kind = merge_inputs(sources, tasks)
-    combining = len(inputs) > 1
-    if not combining and not into_base:
-        raise PecftError(
-            f"only one adapter ({inputs[0].path}); combining needs two or more. To fold one "
-            "adapter into the base weights, add --into-base."
-        )
-    check_options(method, len(inputs), weights, density, rank)
-    if not 0 <= seed <= MAX_SEED:
-        raise PecftError(f"--seed {seed}: give a seed from 0 to {MAX_SEED}.")
-    check_adapters(inputs, method, combining)
-    if rank is not None and rank > sum(item.rank for item in inputs):
-        raise PecftError(
-            f"--rank {rank}: these adapters add up to an update of rank at most "
-            f"{sum(item.rank for item in inputs)}; a higher rank adds only zeros."
-        )
-    check_out(out, force)
-    if evaluate and run is None:
-        raise PecftError(
-            "--eval scores the result on a run's tasks, but these adapters do not come from a "
-            "pecft run folder; leave out --eval, or merge from the run folder."
-        )
-    weights = weights or default_weights(kind, len(inputs))
-    trained_on = base_of(inputs[0].path, base)
+    inputs, run, kind = merge_inputs(sources, options.tasks)
+    check_request(inputs, run, out, options)
+    weights = options.weights or default_weights(kind, len(inputs))
+    trained_on = base_of(inputs[0].path, options.base)
     section = ModelSection.model_validate(trained_on.model_dump() | {"quantization": "none"})
-    reloaded = trained_on.quantization.mode != "none"
     on_event("status", {"message": f"loading base model {trained_on.path} (unquantized)"})
-    tokenizer = load_tokenizer(section)
+    tokenizer = load_tokenizer(section, trust_remote_code)
     model = PeftModel.from_pretrained(
-        load_model(section, device()), inputs[0].path, adapter_name=input_name(0)
+        load_model(section, device(), trust_remote_code), inputs[0].path, adapter_name=input_name(0)
     )
     for index, item in enumerate(inputs[1:], start=1):
         model.load_adapter(item.path, adapter_name=input_name(index))
     name = input_name(0)
-    if combining:
-        on_event("status", {"message": f"merging {len(inputs)} adapters with {method}"})
-        torch.manual_seed(seed)
-        model.add_weighted_adapter(
-            [input_name(i) for i in range(len(inputs))],
-            weights,
-            MERGED,
-            combination_type=method,
-            svd_rank=rank,
-            density=density,
+    if len(inputs) > 1:
+        on_event("status", {"message": f"merging {len(inputs)} adapters with {options.method}"})
+        name = combine(model, len(inputs), weights, options)
+    rank = model.peft_config[name].r
+    record = merge_record(inputs, run, kind, weights, rank, trained_on, options)
+    runs.write_folder(out, partial(write_merged, model, name, tokenizer, record))
+    del model  # the evaluation loads the result from disk, as a user would
+    result = MergeResult(out, record)
+    if options.evaluate and run is not None:
+        score_merge(result, run, trust_remote_code, on_event)
+        runs.write_json(out / MERGE_FILE, result.record)
+    result.record["seconds"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def check_request(
+    inputs: list[MergeInput], run: Path | None, out: Path, options: MergeOptions
+) -> None:
+    """Everything about the request that can be refused before a model is loaded."""
+    combining = len(inputs) > 1
+    if not combining and not options.into_base:
+        raise PecftError(
+            f"only one adapter ({inputs[0].path}); combining needs two or more. To fold one "
+            "adapter into the base weights, add --into-base."
         )
-        undo_rslora_rescale(model, MERGED)
-        name = MERGED
-    record = {
+    check_options(options.method, len(inputs), options.weights, options.density, options.rank)
+    if not 0 <= options.seed <= MAX_SEED:
+        raise PecftError(f"--seed {options.seed}: give a seed from 0 to {MAX_SEED}.")
+    check_adapters(inputs, options.method, combining)
+    if options.rank is not None and options.rank > sum(item.rank for item in inputs):
+        raise PecftError(
+            f"--rank {options.rank}: these adapters add up to an update of rank at most "
+            f"{sum(item.rank for item in inputs)}; a higher rank adds only zeros."
+        )
+    check_out(out, options.force)
+    if options.evaluate and run is None:
+        raise PecftError(
+            "--eval scores the result on a run's tasks, but these adapters do not come from a "
+            "pecft run folder; leave out --eval, or merge from the run folder."
+        )
+
+
+def combine(model: PeftModel, count: int, weights: list[float], options: MergeOptions) -> str:
+    """Add the combination of the model's `count` input adapters; returns its adapter name."""
+    torch.manual_seed(options.seed)
+    model.add_weighted_adapter(
+        [input_name(i) for i in range(count)],
+        weights,
+        MERGED,
+        combination_type=options.method,
+        svd_rank=options.rank,
+        density=options.density,
+    )
+    undo_rslora_rescale(model, MERGED)
+    return MERGED
+
+
+def merge_record(
+    inputs: list[MergeInput],
+    run: Path | None,
+    kind: str,
+    weights: list[float],
+    rank: int,
+    base: ModelSection,
+    options: MergeOptions,
+) -> dict[str, Any]:
+    """merge.json: what was merged, how, and by which pecft."""
+    combining = len(inputs) > 1
+    return {
         "format_version": runs.FORMAT_VERSION,
         "pecft_version": __version__,
         "created_at": runs.now(),
         "inputs": [{"name": i.name, "path": str(i.path), "rank": i.rank} for i in inputs],
         "input_kind": kind,
         "run": str(run) if run else None,
-        "method": method if combining else None,
+        "method": options.method if combining else None,
         "weights": weights if combining else None,
-        "density": density,
-        "rank": model.peft_config[name].r,
-        "seed": seed,
-        "into_base": into_base,
-        "base": trained_on.model_dump(),
-        "base_reloaded_unquantized": reloaded and into_base,
+        "density": options.density,
+        "rank": rank,
+        "seed": options.seed,
+        "into_base": options.into_base,
+        "base": base.model_dump(),
+        "base_reloaded_unquantized": base.quantization.mode != "none" and options.into_base,
         "versions": runs.library_versions(),
     }
-    runs.write_folder(out, partial(write_merged, model, name, tokenizer, record))
-    del model  # the evaluation loads the result from disk, as a user would
-    result = MergeResult(out, record)
-    if evaluate and run is not None:
-        score_merge(result, run, on_event)
-        runs.write_json(out / MERGE_FILE, result.record)
-    result.record["seconds"] = round(time.perf_counter() - started, 2)
-    return result
 
 
 def input_name(index: int) -> str:
     return f"input{index + 1:02d}"
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def undo_rslora_rescale(model: PeftModel, name: str) -> None:
@@ -338,30 +368,26 @@ def write_merged(
         plain.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     else:
-        save_adapter(model, name, folder)
+        save_named_adapter(model, name, folder)
     runs.write_json(folder / MERGE_FILE, record)
 
 
-def save_adapter(model: PeftModel, name: str, folder: Path) -> None:
-    """Write one of the model's adapters as a stock PEFT adapter straight into `folder`."""
-    with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
-        model.save_pretrained(scratch, selected_adapters=[name])
-        for item in (Path(scratch) / name).iterdir():
-            shutil.move(str(item), folder / item.name)
-
-
-def score_merge(result: MergeResult, run: Path, on_event: EventCallback) -> None:
+def score_merge(
+    result: MergeResult, run: Path, trust_remote_code: bool, on_event: EventCallback
+) -> None:
     """Score the merged result on every task of its run, as a user would load it, and record
     the row in the run's eval/merges.csv next to the matrix."""
-    folder = runs.RunFolder(run)
+    saved = runs.open_run(run)
+    folder = saved.folder
     recipe = load_recipe(folder.recipe)
-    tokenizer = load_tokenizer(recipe.model)
+    tokenizer = load_tokenizer(recipe.model, trust_remote_code)
     on_event("status", {"message": f"scoring {result.out.name} on the run's tasks"})
     if result.record["into_base"]:
         section = ModelSection(path=str(result.out), dtype=recipe.model.dtype)
-        model = load_model(section, device())
+        model = load_model(section, device(), trust_remote_code)
     else:
-        model = PeftModel.from_pretrained(load_model(recipe.model, device()), result.out)
+        base = load_model(recipe.model, device(), trust_remote_code)
+        model = PeftModel.from_pretrained(base, result.out)
     label = result.out.name
     tasks = [task.name for task in recipe.tasks]
     scores = []
@@ -369,9 +395,7 @@ def score_merge(result: MergeResult, run: Path, on_event: EventCallback) -> None
         data = load_task(section, recipe, tokenizer, train=False)
         began = time.perf_counter()
         scored = score_task(model, tokenizer, data, recipe.evaluation)
-        runs.write_jsonl(
-            folder.root / "eval" / "merges" / label / f"{data.name}.jsonl", scored.predictions
-        )
+        runs.write_jsonl(folder.merge_predictions(label, data.name), scored.predictions)
         on_event("eval", scored.event(label, time.perf_counter() - began))
         scores.append(scored.score)
     rows: dict[str, list[float | None]] = {}
@@ -388,4 +412,4 @@ def score_merge(result: MergeResult, run: Path, on_event: EventCallback) -> None
         "mean": sum(scores) / len(scores),
     }
     if folder.matrix.is_file():
-        result.last_stage = read_run(run).last_stage()
+        result.last_stage = saved.last_stage(saved.matrix()[1])

@@ -70,3 +70,16 @@ def stage_metrics(
             for j, name in enumerate(tasks)
         },
     }
+
+
+def matrix_metrics(
+    tasks: list[str], stages: list[str], matrix: dict[str, list[float | None]]
+) -> dict[str, object] | None:
+    """The run's metrics once every trained stage has every task scored; None before."""
+    if any(matrix.get(stage) is None or None in matrix[stage] for stage in stages):
+        return None
+    base = matrix.get("base")
+    complete = {stage: matrix[stage] for stage in stages}
+    if base is not None and None not in base:
+        complete["base"] = base
+    return stage_metrics(tasks, stages, complete)

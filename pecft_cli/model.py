@@ -119,15 +119,12 @@ def converted_gguf(gguf: Path) -> Path:
     return target
 
 
-REMOTE_CODE = "PECFT_TRUST_REMOTE_CODE"  # set by the command line's --trust-remote-code
-
-
-def remote_code(section: ModelSection) -> bool:
-    """Whether the model's own Python code may run: only when the recipe and the command line
-    both ask for it."""
+def remote_code(section: ModelSection, trusted: bool) -> bool:
+    """Whether the model's own Python code may run: only when the recipe and the caller (the
+    command line's --trust-remote-code) both ask for it."""
     if not section.trust_remote_code:
         return False
-    if os.environ.get(REMOTE_CODE) != "1":
+    if not trusted:
         raise PecftError(
             "model.trust_remote_code: the recipe asks to run the model's own Python code; pecft "
             "runs it only when the command line asks as well. Add --trust-remote-code if you "
@@ -145,12 +142,16 @@ def remote_code_hint(exc: Exception) -> str:
     )
 
 
-def load_tokenizer(section: ModelSection) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    section: ModelSection, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
     """The tokenizer, with a pad token (the end-of-sequence token when the model has none)."""
     location = model_location(section)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            location, revision=section.revision, trust_remote_code=remote_code(section)
+            location,
+            revision=section.revision,
+            trust_remote_code=remote_code(section, trust_remote_code),
         )
     except (OSError, ValueError) as exc:
         raise PecftError(
@@ -167,11 +168,13 @@ def load_tokenizer(section: ModelSection) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def model_config(section: ModelSection, location: str) -> Any:
+def model_config(section: ModelSection, location: str, trust_remote_code: bool = False) -> Any:
     """The model's config (no weights), with a clear error for a folder that has none."""
     try:
         return AutoConfig.from_pretrained(
-            location, revision=section.revision, trust_remote_code=remote_code(section)
+            location,
+            revision=section.revision,
+            trust_remote_code=remote_code(section, trust_remote_code),
         )
     except (OSError, ValueError) as exc:
         raise PecftError(
@@ -180,10 +183,12 @@ def model_config(section: ModelSection, location: str) -> Any:
         ) from None
 
 
-def load_model(section: ModelSection, device: torch.device | str = "cpu") -> PreTrainedModel:
+def load_model(
+    section: ModelSection, device: torch.device | str = "cpu", trust_remote_code: bool = False
+) -> PreTrainedModel:
     """The frozen base model, quantized through bitsandbytes when the recipe asks."""
     location = model_location(section)
-    config = model_config(section, location)
+    config = model_config(section, location, trust_remote_code)
     quantization = quantization_config(section)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -192,7 +197,7 @@ def load_model(section: ModelSection, device: torch.device | str = "cpu") -> Pre
             dtype=model_dtype(section.dtype, device),
             quantization_config=quantization,
             device_map={"": str(device)} if quantization else None,
-            trust_remote_code=remote_code(section),
+            trust_remote_code=remote_code(section, trust_remote_code),
         )
     except ValueError as exc:
         raise PecftError(
@@ -219,13 +224,14 @@ def keep_4bit_weights_trainable(model: PreTrainedModel) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def model_skeleton(section: ModelSection) -> PreTrainedModel:
+def model_skeleton(section: ModelSection, trust_remote_code: bool = False) -> PreTrainedModel:
     """The model built on the meta device from its config alone: its layers' names and shapes
     without reading or allocating a weight."""
-    config = model_config(section, model_location(section))
+    config = model_config(section, model_location(section), trust_remote_code)
     try:
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config, trust_remote_code=remote_code(section))
+            trusted = remote_code(section, trust_remote_code)
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trusted)
     except ValueError as exc:
         raise PecftError(
             f"model.path: '{section.path}' (a {config.model_type} model) is not a causal language "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from pecft_cli import distributed
 from pecft_cli.data import TaskData, load_task
 from pecft_cli.errors import PecftError
 from pecft_cli.model import check_lora_targets, model_dtype, model_skeleton
@@ -33,9 +34,14 @@ class Preflight:
     memory: MemoryEstimate
 
 
-def preflight(recipe: Recipe, tokenizer: PreTrainedTokenizerBase, processes: int = 1) -> Preflight:
+def preflight(
+    recipe: Recipe,
+    tokenizer: PreTrainedTokenizerBase,
+    processes: int = 1,
+    trust_remote_code: bool = False,
+) -> Preflight:
     """Read and check every task's data and every model-dependent range of the recipe."""
-    skeleton = model_skeleton(recipe.model)
+    skeleton = model_skeleton(recipe.model, trust_remote_code)
     check_lora_targets(recipe.lora, skeleton)
     tasks = [load_task(task, recipe, tokenizer) for task in recipe.tasks]
     return Preflight(tasks, check_limits(recipe, skeleton, tasks, processes))
@@ -144,7 +150,7 @@ def estimate_memory(
     """Weights at their stored size, LoRA weights with gradients and AdamW moments, and per
     layer one hidden vector for every token of the largest stage's average micro-batch: each is
     less than training needs, so an estimate over the capacity cannot fit."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = distributed.device().type
     mode = recipe.model.quantization.mode
     stored = {"4bit": 0.5, "8bit": 1.0}.get(mode)
     dtype_bytes = model_dtype(recipe.model.dtype, device).itemsize

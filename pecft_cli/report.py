@@ -1,99 +1,84 @@
-"""Tables of an evaluation matrix and its metrics, as rich renderables (the caller prints them)."""
+"""What `pecft report` reads: a run's matrix, metrics and merged results, and a summary row per
+run for comparing several (`pecft_cli.tables` renders them)."""
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from rich.table import Table
+from pecft_cli import runs
+from pecft_cli.errors import PecftError
+from pecft_cli.metrics import matrix_metrics
+from pecft_cli.plot import save_heatmap
+
+SUMMARY_FIELDS = (
+    "run",
+    "name",
+    "strategy",
+    "status",
+    "tasks",
+    "acc",
+    "bwt",
+    "fwt",
+    "forgetting",
+    "learning_accuracy",
+    "trainable_parameters",
+    "wall_seconds",
+)
+Matrix = dict[str, list[float | None]]
 
 
-def percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
+@dataclass
+class Results:
+    """A run's scores as read back from its folder."""
+
+    run: runs.SavedRun
+    tasks: list[str]
+    matrix: Matrix
+    metrics: dict[str, Any] | None
+    merges: Matrix
+
+    @property
+    def folder(self) -> Path:
+        return self.run.folder.root
+
+    def last_stage(self) -> tuple[str, list[float | None]] | None:
+        return self.run.last_stage(self.matrix)
+
+    def redraw_heatmap(self) -> None:
+        """Render eval/matrix.png again from the matrix on disk."""
+        save_heatmap(self.run.folder.heatmap, self.tasks, self.matrix, self.folder.name)
+
+    def summary(self) -> dict[str, Any]:
+        """One flat row for comparing runs; metrics are None until the run has them."""
+        metrics, state = self.metrics or {}, self.run.state
+        return {
+            "run": str(self.folder),
+            "name": state.name,
+            "strategy": state.strategy,
+            "status": state.status,
+            "tasks": len(self.tasks),
+            **{key: metrics.get(key) for key in SUMMARY_FIELDS[5:10]},
+            "trainable_parameters": state.trainable_parameters,
+            "wall_seconds": state.timings.wall_seconds,
+        }
 
 
-def signed(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:+.1f}"
-
-
-def matrix_table(
-    tasks: list[str], matrix: dict[str, list[float | None]], title: str = "Evaluation matrix (%)"
-) -> Table:
-    """One row per stage (base, then after each task), one column per task, scores in percent."""
-    table = Table(title=title, caption="row: after training that task")
-    table.add_column("stage", style="bold")
-    for task in tasks:
-        table.add_column(task, justify="right")
-    for stage, scores in matrix.items():
-        table.add_row(stage, *(percent(s) for s in scores))
-    return table
-
-
-def mean(scores: list[float | None]) -> float | None:
-    """The mean of a row, or None while any cell is missing."""
-    if not scores or None in scores:
-        return None
-    return sum(s for s in scores if s is not None) / len(scores)
-
-
-def merges_table(
-    tasks: list[str],
-    last_stage: tuple[str, list[float | None]] | None,
-    merges: dict[str, list[float | None]],
-) -> Table:
-    """Merged results (`merge-adapters --eval`) under the run's last stage, with row means."""
-    rows = {}
-    if last_stage is not None:
-        rows[f"after {last_stage[0]}"] = [*last_stage[1], mean(last_stage[1])]
-    for name, scores in merges.items():
-        rows[name] = [*scores, mean(scores)]
-    table = matrix_table([*tasks, "mean"], rows, "Merged results vs the run's last stage (%)")
-    table.caption = "rows below the first: merge-adapters outputs, by folder name"
-    return table
-
-
-def metrics_table(metrics: dict[str, Any]) -> Table:
-    """The continual-learning summary: ACC, BWT, FWT, forgetting and learning accuracy."""
-    table = Table(title="Continual-learning metrics (%)")
-    for name in ("ACC", "BWT", "FWT", "Forgetting", "Learning acc."):
-        table.add_column(name, justify="right")
-    table.add_row(
-        percent(metrics["acc"]),
-        signed(metrics["bwt"]),
-        signed(metrics["fwt"]),
-        percent(metrics["forgetting"]),
-        percent(metrics["learning_accuracy"]),
-    )
-    return table
-
-
-def comparison_table(summaries: list[dict[str, Any]]) -> Table:
-    """Several runs side by side: one row per run, its strategy and headline metrics."""
-    table = Table(title="Runs compared (metrics in %)")
-    for name in (
-        "run",
-        "strategy",
-        "status",
-        "ACC",
-        "BWT",
-        "FWT",
-        "Forgetting",
-        "trainable",
-        "wall",
-    ):
-        table.add_column(name, justify="left" if name in ("run", "strategy", "status") else "right")
-    for row in summaries:
-        trainable = row["trainable_parameters"]
-        wall = row["wall_seconds"]
-        table.add_row(
-            os.path.relpath(row["run"]),
-            row["strategy"] or "-",
-            row["status"] or "-",
-            percent(row["acc"]),
-            signed(row["bwt"]),
-            signed(row["fwt"]),
-            percent(row["forgetting"]),
-            "-" if trainable is None else f"{trainable:,}",
-            "-" if wall is None else f"{wall:.0f}s",
+def read_results(path: Path) -> Results:
+    """Read a run folder's matrix and metrics (computed from the matrix if not written)."""
+    folder = runs.RunFolder(path.resolve())
+    state = runs.read_state(folder)
+    if state is None:
+        raise PecftError(
+            f"{path}: not a pecft run folder (no run.json). Give the output_dir of a "
+            "`pecft train` run."
         )
-    return table
+    if not folder.matrix.is_file():
+        raise PecftError(f"{path}: the run has no eval/matrix.csv yet; nothing to report.")
+    saved = runs.SavedRun(folder, state)
+    tasks, matrix = saved.matrix()
+    metrics = runs.read_json_file(folder.metrics)
+    if metrics is None:
+        metrics = matrix_metrics(tasks, state.planned_stages, matrix)
+    return Results(saved, tasks, matrix, metrics, saved.merges(tasks))

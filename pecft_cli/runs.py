@@ -16,22 +16,57 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pecft_cli import __version__
-from pecft_cli.errors import PecftError
+from pecft_cli.errors import PecftError, did_you_mean, short
 
 FORMAT_VERSION = 1
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "pecft-cli")
 
 
+BASE = "base"  # the matrix row scored before any training
+
+
+@dataclass(frozen=True)
+class EvalFolder:
+    """Paths of one evaluation's results: a run's eval/, or another `pecft eval --out` folder."""
+
+    root: Path
+
+    @property
+    def matrix(self) -> Path:
+        return self.root / "matrix.csv"
+
+    @property
+    def heatmap(self) -> Path:
+        return self.root / "matrix.png"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def extra(self) -> Path:
+        """Scores of `pecft eval --data` sets, one row per stage."""
+        return self.root / "extra.csv"
+
+    @property
+    def progress(self) -> Path:
+        """Finished cells of an evaluation in progress: .progress/."""
+        return self.root / ".progress"
+
+    def predictions(self, stage: str, task: str) -> Path:
+        return self.root / "predictions" / stage / f"{task}.jsonl"
+
+
 @dataclass(frozen=True)
 class RunFolder:
-    """Paths of one run folder."""
+    """Paths of one run folder: the only place that spells a path inside it."""
 
     root: Path
 
@@ -44,31 +79,50 @@ class RunFolder:
         return self.root / "run.json"
 
     @property
+    def eval(self) -> EvalFolder:
+        return EvalFolder(self.root / "eval")
+
+    def limited_eval(self, limit: int) -> EvalFolder:
+        """Where `pecft eval --limit N` writes when N differs from the recipe's: eval-limitN/."""
+        return EvalFolder(self.root / f"eval-limit{limit}")
+
+    @property
     def matrix(self) -> Path:
-        return self.root / "eval" / "matrix.csv"
+        return self.eval.matrix
 
     @property
     def heatmap(self) -> Path:
-        return self.root / "eval" / "matrix.png"
+        return self.eval.heatmap
 
     @property
     def metrics(self) -> Path:
-        return self.root / "eval" / "metrics.json"
+        return self.eval.metrics
 
     @property
     def train_log(self) -> Path:
         return self.root / "logs" / "train.jsonl"
 
-    def adapter(self, index: int, task: str) -> Path:
-        """The adapter of the model after task `index` (0-based): adapters/01-<task>."""
-        return self.root / "adapters" / f"{index + 1:02d}-{task}"
+    def adapter(self, index: int, stage: str) -> Path:
+        """The adapter of the model after stage `index` (0-based): adapters/01-<stage>."""
+        return self.root / "adapters" / f"{index + 1:02d}-{stage}"
 
     def task_lora(self, index: int, task: str) -> Path:
         """Task `index`'s own LoRA, for strategies that train one per task: task_loras/01-<task>."""
         return self.root / "task_loras" / f"{index + 1:02d}-{task}"
 
+    def task_loras(self) -> list[Path]:
+        """The task_loras/ folders that hold an adapter, in task order."""
+        folder = self.root / "task_loras"
+        found = sorted(folder.iterdir()) if folder.is_dir() else []
+        return [path for path in found if (path / "adapter_config.json").is_file()]
+
     def predictions(self, stage: str, task: str) -> Path:
-        return self.root / "eval" / "predictions" / stage / f"{task}.jsonl"
+        return self.eval.predictions(stage, task)
+
+    @property
+    def replay_buffer(self) -> Path:
+        """The examples replay keeps, as they stand after the latest stage."""
+        return self.root / "replay" / "buffer.jsonl"
 
     @property
     def checkpoint(self) -> Path:
@@ -79,6 +133,9 @@ class RunFolder:
     def merges(self) -> Path:
         """Scores of merged results (`pecft merge-adapters --eval`), one row per merge."""
         return self.root / "eval" / "merges.csv"
+
+    def merge_predictions(self, merge: str, task: str) -> Path:
+        return self.root / "eval" / "merges" / merge / f"{task}.jsonl"
 
 
 def now() -> str:
@@ -116,23 +173,6 @@ def read_json_file(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PecftError(f"{path}: not a readable JSON file ({exc}).") from None
-
-
-def record_end(root: Path, status: str, error: str) -> None:
-    """Mark a run that its own processes could not mark: one of them died and took the rest."""
-    folder = RunFolder(root)
-    state = read_json_file(folder.state)
-    if isinstance(state, dict) and state.get("status") != "completed":
-        state.update(status=status, error=error, finished_at=now())
-        write_json(folder.state, state)
-
-
-def read_state(folder: RunFolder) -> dict[str, Any] | None:
-    """run.json, or None when the folder has none."""
-    state = read_json_file(folder.state)
-    if state is not None and not isinstance(state, dict):
-        raise PecftError(f"{folder.state}: not a pecft run state file (expected a JSON object).")
-    return state
 
 
 LOCK_FILE = ".lock"
@@ -345,25 +385,177 @@ def read_matrix(path: Path, key: str = "stage") -> tuple[list[str], dict[str, li
     return header[1:], rows
 
 
-def new_state(name: str, seed: int, strategy: str, tasks: list[str]) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "pecft_version": __version__,
-        "name": name,
-        "status": "running",
-        "seed": seed,
-        "strategy": strategy,
-        "tasks": tasks,
-        "tasks_done": [],
-        "started_at": now(),
-        "finished_at": None,
-        "command": sys.argv,
-        "versions": library_versions(),
-        "timings": {
-            "load_seconds": None,
-            "train_seconds": {},
-            "eval_seconds": {},
-            "wall_seconds": None,
-        },
-        "training": {},
-    }
+@dataclass
+class Timings:
+    """Where a run's wall time went, in seconds; stages keyed by name."""
+
+    load_seconds: float | None = None
+    train_seconds: dict[str, float] = field(default_factory=dict)
+    eval_seconds: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float | None = None
+
+
+@dataclass
+class RunState:
+    """run.json: what a run is, how far it got and how it ended, typed.
+
+    `status` is running, completed, failed, interrupted, preempted, diverged or process_died;
+    `training` holds each trained stage's summary (steps, tokens, losses, seconds).
+    """
+
+    name: str
+    seed: int
+    strategy: str
+    tasks: list[str]
+    status: str = "running"
+    tasks_done: list[str] = field(default_factory=list)
+    stages: list[str] = field(default_factory=list)
+    started_at: str = field(default_factory=lambda: now())
+    finished_at: str | None = None
+    resumed_at: list[str] = field(default_factory=list)
+    error: str | None = None
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+    versions: dict[str, str] = field(default_factory=lambda: library_versions())
+    timings: Timings = field(default_factory=Timings)
+    training: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trainable_parameters: int | None = None
+    total_parameters: int | None = None
+    processes: int | None = None
+    dtype: str | None = None
+    peak_memory_mb: dict[str, float] | None = None
+    format_version: int = FORMAT_VERSION
+    pecft_version: str = __version__
+
+    @property
+    def planned_stages(self) -> list[str]:
+        """The stages in order: as the strategy planned them, else one per task."""
+        return self.stages or self.tasks
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: Path) -> RunState:
+        """The state in a run.json, of any pecft that wrote format 1; unknown keys are dropped."""
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        try:
+            values["timings"] = Timings(**values.get("timings", {}))
+            return cls(**values)
+        except TypeError as exc:
+            raise PecftError(f"{path}: not a pecft run state file ({exc}).") from None
+
+
+def read_state(folder: RunFolder) -> RunState | None:
+    """run.json, or None when the folder has none."""
+    data = read_json_file(folder.state)
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise PecftError(f"{folder.state}: not a pecft run state file (expected a JSON object).")
+    return RunState.from_json(data, folder.state)
+
+
+def write_state(folder: RunFolder, state: RunState) -> None:
+    write_json(folder.state, state.to_json())
+
+
+def record_end(root: Path, status: str, error: str) -> None:
+    """Mark a run that its own processes could not mark: one of them died and took the rest."""
+    folder = RunFolder(root)
+    state = read_state(folder)
+    if state is not None and state.status != "completed":
+        state.status, state.error, state.finished_at = status, error, now()
+        write_state(folder, state)
+
+
+@dataclass
+class SavedRun:
+    """A run folder read back from disk: its state, and what its stages left there."""
+
+    folder: RunFolder
+    state: RunState
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.state.tasks
+
+    @property
+    def adapters(self) -> dict[str, Path]:
+        """The adapter folder of every trained stage that has one on disk, in stage order."""
+        found = {}
+        for index, stage in enumerate(self.state.planned_stages):
+            adapter = self.folder.adapter(index, stage)
+            if (adapter / "adapter_config.json").is_file():
+                found[stage] = adapter
+        return found
+
+    @property
+    def stages(self) -> list[str]:
+        """The rows a model can be scored at: the base, then each stage with an adapter."""
+        return [BASE, *self.adapters]
+
+    def matrix(self) -> tuple[list[str], dict[str, list[float | None]]]:
+        """The evaluation matrix training wrote: its task columns and stage rows."""
+        if not self.folder.matrix.is_file():
+            raise PecftError(f"{self.folder.root}: the run has no eval/matrix.csv yet.")
+        return read_matrix(self.folder.matrix)
+
+    def merges(self, tasks: list[str]) -> dict[str, list[float | None]]:
+        """The rows of eval/merges.csv, which must have the matrix's task columns."""
+        if not self.folder.merges.is_file():
+            return {}
+        columns, rows = read_matrix(self.folder.merges, key="merge")
+        if columns != tasks:
+            raise PecftError(
+                f"{self.folder.merges}: its tasks ({', '.join(columns)}) are not the matrix's "
+                f"({', '.join(tasks)}); delete it and score the merges again with --eval."
+            )
+        return rows
+
+    def last_stage(
+        self, matrix: dict[str, list[float | None]]
+    ) -> tuple[str, list[float | None]] | None:
+        """The row of the last trained stage the matrix holds, if any."""
+        stages = [s for s in self.state.planned_stages if s in matrix]
+        return (stages[-1], matrix[stages[-1]]) if stages else None
+
+
+def open_run(path: Path) -> SavedRun:
+    """Check that `path` is a pecft run folder this version can read."""
+    folder = RunFolder(path.resolve())
+    if not path.is_dir():
+        raise PecftError(f"{path}: no such run folder. Give the output_dir of a `pecft train` run.")
+    data = read_json_file(folder.state)
+    if data is None:
+        raise PecftError(
+            f"{path}: not a pecft run folder (it has no run.json). Give the output_dir of a "
+            "`pecft train` run."
+        )
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise PecftError(
+            f"{folder.state}: run folder format {short(version)} is not one this pecft reads "
+            f"(format {FORMAT_VERSION}); use the pecft version that wrote it."
+        )
+    if not folder.recipe.is_file():
+        raise PecftError(f"{path}: the run folder is incomplete: recipe.yaml is missing.")
+    return SavedRun(folder, RunState.from_json(data, folder.state))
+
+
+def pick(requested: list[str] | None, available: list[str], what: str, where: Path) -> list[str]:
+    """The requested names (or, for stages, numbers) in run order; all when none are given."""
+    if not requested:
+        return available
+    chosen = set()
+    for item in requested:
+        name = item.strip()
+        if name.isdigit() and what == "stage" and 0 <= int(name) < len(available):
+            name = available[int(name)]
+        if name not in available:
+            raise PecftError(
+                f"--{what}s {item}: {where} has no {what} '{item}'"
+                f"{did_you_mean(item, available) or '.'} Valid: {', '.join(available)}."
+            )
+        chosen.add(name)
+    return [name for name in available if name in chosen]

@@ -1,42 +1,31 @@
-"""The task loop: train LoRA task by task, save an adapter after each, score every task each time.
+"""The task loop: train LoRA stage by stage, save an adapter after each, score every task each time.
 
-Read `run` and `train_stream` top to bottom: they are the whole of `pecft train`. Everything
-that differs between continual-learning strategies happens inside the strategy's hooks, never
-in a branch here.
+Read `run` and then `TaskLoop` top to bottom: `setup` (load, attach, score the base row),
+`resume` (only when a stopped run continues), `train` (the stage loop) and `complete` are the
+whole of `pecft train`. Everything that differs between continual-learning strategies happens
+inside the strategy's hooks (`pecft_cli.strategies.base`), never in a branch here; replay is a
+buffer that any strategy's stages draw their examples from.
 
 Several processes (`accelerate launch`, `torchrun`) split every global batch between them and
 sum their gradients, so they compute what one process computes with the same recipe; the main
-process alone writes files. A checkpoint after every `checkpoint_every` steps and at every task
-end lets a stopped run continue exactly: running the same command again resumes it.
-
-Progress goes to an `on_event(kind, fields)` callback, so the library never prints. Kinds:
-`status` (message), `task_start` (index, total, task, steps, examples), `step` (task, index,
-step, steps, loss, lr, tokens_per_s), `task_end` (task, index, seconds, first_loss, last_loss),
-`eval` (stage, task, metric, score, seconds).
+process alone writes files. A checkpoint after every `checkpoint_every` steps and at every stage
+end lets a stopped run continue exactly: running the same command again resumes it. Progress
+goes to an `on_event` callback (`pecft_cli.events`), so the library never prints.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedType, broadcast_object_list, gather_object, set_seed
-from peft import PeftModel
-from torch.utils.data import DataLoader
-from transformers import PreTrainedTokenizerBase, get_scheduler
+from accelerate.utils import set_seed
 
 from pecft_cli import runs
 from pecft_cli.checkpoint import (
@@ -44,61 +33,65 @@ from pecft_cli.checkpoint import (
     load_checkpoint,
     load_lora_state,
     lora_state,
-    rng_state,
-    save_checkpoint,
     set_rng_state,
+    write_checkpoint,
 )
-from pecft_cli.data import TaskData, answer_tokens, training_features
-from pecft_cli.dropout import DropoutPlan, example_keys
-from pecft_cli.dropout import install as install_dropout
+from pecft_cli.context import RunContext
+from pecft_cli.distributed import cuda_devices, on_main, process_group, score_shared
 from pecft_cli.errors import Diverged, PecftError, Preempted, bounded
-from pecft_cli.evaluate import combine, score_task
-from pecft_cli.loss import answer_loss, packs_sequences
+from pecft_cli.events import EventCallback, ignore
 from pecft_cli.metrics import stage_metrics
 from pecft_cli.model import load_model, load_tokenizer
+from pecft_cli.optimize import StagePlan, StageTrainer
 from pecft_cli.plot import save_heatmap
+from pecft_cli.preemption import StopSignals
 from pecft_cli.preflight import preflight
-from pecft_cli.recipe import Recipe, TrainingSection, dump_recipe, output_dir
+from pecft_cli.recipe import Recipe, output_dir
+from pecft_cli.recipe_file import dump_recipe
 from pecft_cli.strategies import build_strategy, strategy_label
-from pecft_cli.strategies.base import Strategy
+from pecft_cli.strategies.base import Stage
 
-EventCallback = Callable[[str, dict[str, Any]], None]
-T = TypeVar("T")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-def ignore(kind: str, fields: dict[str, Any]) -> None:
-    """The default progress callback."""
+Matrix = dict[str, list[float | None]]
 
 
 @dataclass
-class RunResult:
+class TrainResult:
+    """What `pecft train` produced: the run folder, its matrix, metrics and state."""
+
     folder: Path
     tasks: list[str]
-    matrix: dict[str, list[float | None]]
+    matrix: Matrix
     metrics: dict[str, Any]
-    state: dict[str, Any]
+    state: runs.RunState
     already_complete: bool = False
 
 
-def run(recipe: Recipe, *, overwrite: bool = False, on_event: EventCallback = ignore) -> RunResult:
-    """Train the recipe's tasks in order and write the run folder, or resume an unfinished one."""
+def run(
+    recipe: Recipe,
+    *,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    on_event: EventCallback = ignore,
+) -> TrainResult:
+    """Train the recipe's tasks in order and write the run folder, or resume an unfinished one.
+
+    `trust_remote_code` is the caller's half of the two-key opt-in to a model's own Python code;
+    the recipe's `model.trust_remote_code` is the other.
+    """
     started = time.perf_counter()
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    check_processes(accelerator)
+    accelerator = process_group()
     if not accelerator.is_main_process:
         on_event = ignore
     set_seed(recipe.seed)
     on_event("status", {"message": "loading tokenizer and data"})
-    tokenizer = load_tokenizer(recipe.model)
-    tasks = preflight(recipe, tokenizer, accelerator.num_processes).tasks
+    tokenizer = load_tokenizer(recipe.model, trust_remote_code)
+    tasks = preflight(recipe, tokenizer, accelerator.num_processes, trust_remote_code).tasks
     names = [task.name for task in tasks]
-    strategy = build_strategy(recipe.strategy, recipe.lora, names, recipe.seed)
-
+    strategy, replay = build_strategy(recipe.strategy, recipe.lora, names, recipe.seed)
     root, text = output_dir(recipe), dump_recipe(recipe)
     lock = runs.RunLock(root)
 
-    def claim() -> dict[str, Any] | None:
+    def claim() -> runs.RunState | None:
         runs.check_output_folder(root)
         lock.acquire()
         return runs.claim_run_folder(root, text, overwrite)[1]
@@ -106,485 +99,260 @@ def run(recipe: Recipe, *, overwrite: bool = False, on_event: EventCallback = ig
     try:
         previous = on_main(accelerator, claim)
         folder = runs.RunFolder(root)
-        if previous is not None and previous.get("status") == "completed":
+        if previous is not None and previous.status == "completed":
             on_event("status", {"message": f"{root} holds this run already, completed"})
             return completed_result(folder, previous)
-        state = previous or runs.new_state(
-            recipe.name, recipe.seed, strategy_label(recipe.strategy), names
+        state = previous or runs.RunState(
+            name=recipe.name,
+            seed=recipe.seed,
+            strategy=strategy_label(recipe.strategy),
+            tasks=names,
         )
         if previous is not None:
             on_event("status", {"message": f"resuming the unfinished run in {root}"})
-            state["status"], state["error"] = "running", None
-            state.setdefault("resumed_at", []).append(runs.now())
-            started -= state["timings"].get("wall_seconds") or 0.0  # wall time adds up
+            state.status, state.error = "running", None
+            state.resumed_at.append(runs.now())
+            started -= state.timings.wall_seconds or 0.0  # wall time adds up
         if accelerator.is_main_process:
             runs.write_text(folder.recipe, text)
-            runs.write_json(folder.state, state)
+            runs.write_state(folder, state)
         with StopSignals() as stop:
-            try:
-                return train_stream(
-                    accelerator,
-                    recipe,
-                    tokenizer,
-                    tasks,
-                    strategy,
-                    folder,
-                    state,
-                    started,
-                    stop,
-                    on_event,
-                )
-            except BaseException as exc:
-                state["status"] = run_status(exc)
-                if not isinstance(exc, Preempted):
-                    state["error"] = bounded(f"{type(exc).__name__}: {exc}")
-                state["finished_at"] = runs.now()
-                state["timings"]["wall_seconds"] = round(time.perf_counter() - started, 2)
-                if accelerator.is_main_process:
-                    with contextlib.suppress(OSError):  # a full disk must not hide the cause
-                        runs.write_json(folder.state, state)
-                raise
+            ctx = RunContext(
+                accelerator=accelerator,
+                recipe=recipe,
+                tokenizer=tokenizer,
+                tasks=tasks,
+                strategy=strategy,
+                replay=replay,
+                folder=folder,
+                state=state,
+                stop=stop,
+                on_event=on_event,
+                trust_remote_code=trust_remote_code,
+            )
+            return TaskLoop(ctx, started).run()
     finally:
         lock.release()
 
 
-def train_stream(
-    accelerator: Accelerator,
-    recipe: Recipe,
-    tokenizer: PreTrainedTokenizerBase,
-    tasks: list[TaskData],
-    strategy: Strategy,
-    folder: runs.RunFolder,
-    state: dict[str, Any],
-    started: float,
-    stop: StopSignals,
-    on_event: EventCallback,
-) -> RunResult:
-    """Load the model, score the base row, then train and score stage after stage; a resumed
-    run first rebuilds the model and the strategy's memory from the checkpoint."""
-    loading = time.perf_counter()
-    names = [task.name for task in tasks]
-    main = accelerator.is_main_process
-    checkpoint = load_checkpoint(folder) if state.get("resumed_at") else None
-    if checkpoint is None and state["tasks_done"]:
-        raise PecftError(
-            f"{folder.root}: the run stopped after {len(state['tasks_done'])} task(s) but left no "
-            "checkpoint to resume from; start over with --overwrite."
-        )
-    if checkpoint is None and state.get("resumed_at") and main:
-        runs.write_text(folder.train_log, "")  # nothing was kept: the log starts over too
-    on_event("status", {"message": f"loading model {recipe.model.path}"})
-    base = load_model(recipe.model, accelerator.device)
-    # Seed again here: loading (and a first GGUF conversion) may draw from the random generators,
-    # and the LoRA initialisation must not depend on whether the model was already cached.
-    set_seed(recipe.seed)
-    model = strategy.attach(base)
-    trainable, total = parameter_counts(model)
-    state["trainable_parameters"] = max(state.get("trainable_parameters") or 0, trainable)
-    state["total_parameters"] = total
-    state["processes"] = accelerator.num_processes
-    state["dtype"] = str(model.dtype).removeprefix("torch.")
-    state["timings"]["load_seconds"] = round(time.perf_counter() - loading, 2)
+class TaskLoop:
+    """One run from its loaded model to its last matrix row; the state lives on `ctx`."""
 
-    matrix = read_rows(folder, names) if checkpoint is not None else {}
-    if "base" not in matrix:
-        with model.disable_adapter():
-            matrix["base"] = evaluate_stage(
-                accelerator, model, tokenizer, tasks, recipe, folder, "base", state, stop, on_event
+    def __init__(self, ctx: RunContext, started: float) -> None:
+        self.ctx = ctx
+        self.started = started
+        self.stages: list[Stage] = []
+        self.matrix: Matrix = {}
+        self.checkpoint: Checkpoint | None = None
+
+    def run(self) -> TrainResult:
+        """setup, resume, train, complete; a failure is recorded in run.json, then re-raised."""
+        try:
+            self.setup()
+            first = self.resume() if self.checkpoint is not None else 0
+            self.train(first)
+            return self.complete()
+        except BaseException as exc:
+            self.record_failure(exc)
+            raise
+
+    def setup(self) -> None:
+        """Load the model, attach the strategy's LoRA and score the base row (unless an earlier
+        attempt of this run scored it)."""
+        ctx, state = self.ctx, self.ctx.state
+        loading = time.perf_counter()
+        self.checkpoint = load_checkpoint(ctx.folder) if state.resumed_at else None
+        if self.checkpoint is None and state.tasks_done:
+            raise PecftError(
+                f"{ctx.folder.root}: the run stopped after {len(state.tasks_done)} task(s) but "
+                "left no checkpoint to resume from; start over with --overwrite."
             )
-        if main:
-            write_matrix(folder, names, matrix, recipe.name)
+        if self.checkpoint is None and state.resumed_at and ctx.main:
+            runs.write_text(ctx.folder.train_log, "")  # nothing was kept: the log starts over
+        ctx.on_event("status", {"message": f"loading model {ctx.recipe.model.path}"})
+        base = load_model(ctx.recipe.model, ctx.accelerator.device, ctx.trust_remote_code)
+        # Seed again here: loading (and a first GGUF conversion) may draw from the random
+        # generators, and the LoRA initialisation must not depend on whether the model was cached.
+        set_seed(ctx.recipe.seed)
+        ctx.model = ctx.strategy.attach(base)
+        trainable, total = parameter_counts(ctx.model)
+        state.trainable_parameters = max(state.trainable_parameters or 0, trainable)
+        state.total_parameters = total
+        state.processes = ctx.accelerator.num_processes
+        state.dtype = str(ctx.model.dtype).removeprefix("torch.")
+        state.timings.load_seconds = round(time.perf_counter() - loading, 2)
+        self.matrix = read_rows(ctx.folder, ctx.names) if self.checkpoint is not None else {}
+        if runs.BASE not in self.matrix:
+            with ctx.model.disable_adapter():
+                self.matrix[runs.BASE] = self.score_row(runs.BASE)
+            self.write_matrix()
+        self.stages = ctx.strategy.stages()
+        state.stages = [stage.name for stage in self.stages]
 
-    stages = strategy.stages(names)
-    state["stages"] = [stage for stage, _ in stages]
-    first = 0
-    if checkpoint is not None:
+    def resume(self) -> int:
+        """Rebuild the strategy, the replay buffer and the weights from the checkpoint; returns
+        the index of the stage to train next."""
+        ctx, checkpoint = self.ctx, self.checkpoint
+        assert checkpoint is not None
         first = checkpoint.stage_index
+        finished = self.stages[:first]
         # What finished is what the matrix holds: a kill may fall between a row and the state.
-        state["tasks_done"] = [
-            names[i] for stage, members in stages[:first] if stage in matrix for i in members
+        ctx.state.tasks_done = [
+            ctx.names[i] for stage in finished if stage.name in self.matrix for i in stage.tasks
         ]
-        if not checkpoint.mid_stage and first > 0:
-            stage = stages[first - 1][0]
-            state["training"].setdefault(stage, checkpoint.progress.get("summary"))
-        for index in range(first):
-            strategy.before_task(model, index)
-        strategy.load_state_dict(checkpoint.strategy)
-        if main:
-            trim_log(folder, checkpoint)
-        if not checkpoint.mid_stage:  # else train_task restores the stage's own adapter too
-            load_lora_state(model, checkpoint.lora, folder.checkpoint)
-            set_rng_state(checkpoint.rng[accelerator.process_index % len(checkpoint.rng)])
-            if first > 0 and stages[first - 1][0] not in matrix:
-                finish_stage(
-                    accelerator,
-                    model,
-                    tokenizer,
-                    tasks,
-                    recipe,
-                    folder,
-                    state,
-                    matrix,
-                    first - 1,
-                    stages,
-                    stop,
-                    on_event,
-                )
-    for index in range(first, len(stages)):
-        stage, members = stages[index]
-        settings = recipe.stage_training([recipe.tasks[i] for i in members])
-        strategy.before_task(model, index)
-        memory = strategy.state_dict()
-        own = [example for i in members for example in tasks[i].train]
-        examples = strategy.train_examples(index, own)
-        resume = checkpoint if checkpoint and checkpoint.stage_index == index else None
-        summary = train_task(
-            accelerator,
-            model,
-            tokenizer,
-            strategy,
-            stage,
-            index,
-            len(stages),
-            examples,
-            settings,
-            recipe.seed + index,
-            folder,
-            memory,
-            resume if resume and resume.mid_stage else None,
-            stop,
-            on_event,
+        if not checkpoint.mid_stage and finished:
+            summary = checkpoint.progress.get("summary")
+            ctx.state.training.setdefault(finished[-1].name, summary)
+        ctx.strategy.resume(ctx.model, finished, checkpoint.strategy)
+        if ctx.replay is not None:
+            ctx.replay.load_state_dict(checkpoint.replay)
+        if ctx.main:
+            trim_log(ctx.folder, checkpoint)
+        if not checkpoint.mid_stage:  # else the stage's trainer restores its own state too
+            load_lora_state(ctx.model, checkpoint.lora, ctx.folder.checkpoint)
+            set_rng_state(checkpoint.rng[ctx.accelerator.process_index % len(checkpoint.rng)])
+            if finished and finished[-1].name not in self.matrix:
+                self.finish_stage(finished[-1])
+        return first
+
+    def train(self, first: int) -> None:
+        """Train, save and score every stage from `first` on."""
+        ctx = self.ctx
+        for stage in self.stages[first:]:
+            summary = self.train_stage(stage)
+            self.save_stage(stage)
+            ctx.state.training[stage.name] = summary
+            ctx.state.timings.train_seconds[stage.name] = summary["seconds"]
+            trainable = summary["trainable_parameters"]
+            ctx.state.trainable_parameters = max(ctx.state.trainable_parameters or 0, trainable)
+            self.write_boundary(stage, summary)
+            ctx.save_state()
+            self.finish_stage(stage)
+            if ctx.stop.requested(ctx.accelerator) and stage.index + 1 < len(self.stages):
+                raise Preempted(f"stopped after {stage.name}")
+
+    def train_stage(self, stage: Stage) -> dict[str, Any]:
+        """Optimise one stage on its own examples mixed with replayed ones; returns its summary."""
+        ctx, recipe = self.ctx, self.ctx.recipe
+        settings = recipe.stage_training([recipe.tasks[i] for i in stage.tasks])
+        ctx.strategy.before_stage(ctx.model, stage)
+        memory = {
+            "strategy": ctx.strategy.state_dict(),
+            "replay": ctx.replay.state_dict() if ctx.replay is not None else {},
+        }
+        own = [example for i in stage.tasks for example in ctx.tasks[i].train]
+        examples = ctx.replay.mix(own) if ctx.replay is not None else own
+        resume = self.checkpoint
+        if resume is None or resume.stage_index != stage.index or not resume.mid_stage:
+            resume = None
+        plan = StagePlan(
+            stage=stage,
+            total=len(self.stages),
+            examples=examples,
+            settings=settings,
+            seed=recipe.seed + stage.index,
+            memory=memory,
+            resume=resume,
         )
-        strategy.after_task(model, index, examples)
-        if main:  # exporting may build a temporary adapter; keep the processes' RNGs equal
-            with torch.random.fork_rng(devices=cuda_devices(accelerator)):
-                runs.write_folder(
-                    folder.adapter(index, stage), partial(strategy.save_adapter, model, index)
-                )
-                strategy.save_extras(model, index, folder.root)
-        state["training"][stage] = summary
-        state["timings"]["train_seconds"][stage] = summary["seconds"]
-        state["trainable_parameters"] = max(
-            state["trainable_parameters"], summary["trainable_parameters"]
-        )
-        boundary = Checkpoint(
-            index + 1,
-            0,
-            lora_state(model),
-            strategy.state_dict(),
-            [],
+        summary = StageTrainer(ctx, plan).train()
+        ctx.strategy.after_stage(ctx.model, stage, examples)
+        if ctx.replay is not None:
+            ctx.replay.remember(stage.index, own)
+        return summary
+
+    def save_stage(self, stage: Stage) -> None:
+        """Write the stage's adapter and whatever else the strategy and the buffer keep."""
+        ctx = self.ctx
+        if not ctx.main:
+            return
+        # exporting may build a temporary adapter; keep the processes' generators equal
+        with torch.random.fork_rng(devices=cuda_devices(ctx.accelerator)):
+            adapter = ctx.folder.adapter(stage.index, stage.name)
+            runs.write_folder(adapter, partial(ctx.strategy.save_adapter, ctx.model, stage))
+            ctx.strategy.save_extras(ctx.model, stage, ctx.folder)
+            if ctx.replay is not None:
+                ctx.replay.save(ctx.folder, [stage.name for stage in self.stages])
+
+    def write_boundary(self, stage: Stage, summary: dict[str, Any]) -> None:
+        """The checkpoint between this stage and the next: what a resume continues from."""
+        ctx = self.ctx
+        following = self.stages[stage.index + 1 :]
+        checkpoint = Checkpoint(
+            stage_index=stage.index + 1,
+            step=0,
+            lora=lora_state(ctx.model),
+            strategy=ctx.strategy.state_dict(),
+            replay=ctx.replay.state_dict() if ctx.replay is not None else {},
             progress={"summary": summary},
         )
-        write_checkpoint(accelerator, folder, stage, boundary)
-        if main:
-            runs.write_json(folder.state, state)
-        finish_stage(
-            accelerator,
-            model,
-            tokenizer,
-            tasks,
-            recipe,
-            folder,
-            state,
-            matrix,
-            index,
-            stages,
-            stop,
-            on_event,
-        )
-        if stop.requested(accelerator) and index + 1 < len(stages):
-            raise Preempted(f"stopped after {stage}")
+        label = following[0].name if following else None
+        write_checkpoint(ctx.accelerator, ctx.folder, checkpoint, label)
 
-    metrics = stage_metrics(names, state["stages"], matrix)
-    state["status"] = "completed"
-    state["finished_at"] = runs.now()
-    state["timings"]["wall_seconds"] = round(time.perf_counter() - started, 2)
-    state["peak_memory_mb"] = runs.peak_memory_mb()
-    if main:
-        runs.write_json(folder.metrics, metrics)
-        runs.write_json(folder.state, state)
-        shutil.rmtree(folder.checkpoint, ignore_errors=True)
-    return RunResult(folder.root, names, matrix, metrics, state)
+    def finish_stage(self, stage: Stage) -> None:
+        """Score every task after `stage` and record the row: the stage is then done."""
+        ctx = self.ctx
+        self.matrix[stage.name] = self.score_row(stage.name)
+        ctx.state.tasks_done += [ctx.names[i] for i in stage.tasks]
+        self.write_matrix()
+        ctx.save_state()
 
+    def score_row(self, stage: str) -> list[float | None]:
+        """Score every task with the model as it stands; one row of the matrix.
 
-def finish_stage(
-    accelerator: Accelerator,
-    model: PeftModel,
-    tokenizer: PreTrainedTokenizerBase,
-    tasks: list[TaskData],
-    recipe: Recipe,
-    folder: runs.RunFolder,
-    state: dict[str, Any],
-    matrix: dict[str, list[float | None]],
-    index: int,
-    stages: list[tuple[str, list[int]]],
-    stop: StopSignals,
-    on_event: EventCallback,
-) -> None:
-    """Score every task after stage `index` and record the row: the stage is then done."""
-    stage, members = stages[index]
-    names = [task.name for task in tasks]
-    matrix[stage] = evaluate_stage(
-        accelerator, model, tokenizer, tasks, recipe, folder, stage, state, stop, on_event
-    )
-    state["tasks_done"] += [names[i] for i in members]
-    if accelerator.is_main_process:
-        write_matrix(folder, names, matrix, recipe.name)
-        runs.write_json(folder.state, state)
+        Each process scores its share of the batches; scoring draws no random numbers that
+        training would see, so a resumed run trains on as an uninterrupted one does.
+        """
+        ctx = self.ctx
+        started = time.perf_counter()
+        row: list[float | None] = []
+        with torch.random.fork_rng(devices=cuda_devices(ctx.accelerator)):
+            for task in ctx.tasks:
+                task_started = time.perf_counter()
+                evaluation = ctx.recipe.evaluation
+                result = score_shared(ctx.accelerator, ctx.model, ctx.tokenizer, task, evaluation)
+                if ctx.main:
+                    runs.write_jsonl(ctx.folder.predictions(stage, task.name), result.predictions)
+                ctx.on_event("eval", result.event(stage, time.perf_counter() - task_started))
+                row.append(result.score)
+                if ctx.stop.requested(ctx.accelerator):
+                    raise Preempted(f"stopped while scoring after {stage}")
+        ctx.state.timings.eval_seconds[stage] = round(time.perf_counter() - started, 2)
+        return row
 
+    def write_matrix(self) -> None:
+        """The matrix as it stands: the CSV contract and its heatmap (main process only)."""
+        ctx = self.ctx
+        if ctx.main:
+            runs.write_matrix(ctx.folder.matrix, ctx.names, self.matrix)
+            save_heatmap(ctx.folder.heatmap, ctx.names, self.matrix, ctx.recipe.name)
 
-def train_task(
-    accelerator: Accelerator,
-    model: PeftModel,
-    tokenizer: PreTrainedTokenizerBase,
-    strategy: Strategy,
-    name: str,
-    index: int,
-    total: int,
-    examples: list,
-    settings: TrainingSection,
-    seed: int,
-    folder: runs.RunFolder,
-    memory: dict[str, Any],
-    resume: Checkpoint | None,
-    stop: StopSignals,
-    on_event: EventCallback,
-) -> dict[str, Any]:
-    """Optimise the trainable LoRA weights on one stage's examples; returns the stage's summary.
+    def complete(self) -> TrainResult:
+        """Compute the metrics, mark the run completed and drop the checkpoint."""
+        ctx, state = self.ctx, self.ctx.state
+        metrics = stage_metrics(ctx.names, state.stages, self.matrix)
+        state.status = "completed"
+        state.finished_at = runs.now()
+        state.timings.wall_seconds = round(time.perf_counter() - self.started, 2)
+        state.peak_memory_mb = runs.peak_memory_mb()
+        if ctx.main:
+            runs.write_json(ctx.folder.metrics, metrics)
+            runs.write_state(ctx.folder, state)
+            shutil.rmtree(ctx.folder.checkpoint, ignore_errors=True)
+        return TrainResult(ctx.folder.root, ctx.names, self.matrix, metrics, state)
 
-    The loader yields global batches in a seeded order; each process trains on its share of
-    every batch, the loss is the mean over the global batch's answer tokens, and the gradients
-    are summed over processes, so the number of processes does not change the result.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        [training_features(example) for example in examples],
-        batch_size=settings.batch_size,
-        shuffle=True,
-        generator=generator,
-        collate_fn=list,
-    )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
-    steps = settings.max_steps or math.ceil(len(loader) / settings.grad_accum) * settings.epochs
-    scheduler = get_scheduler(settings.scheduler, optimizer, settings.warmup_steps, steps)
-    batches = endless(loader)
-    done, progress = 0, {"losses": [], "tokens": 0, "seconds": 0.0}
-    if resume is not None:
-        load_lora_state(model, resume.lora, folder.checkpoint)
-        optimizer.load_state_dict(resume.optimizer)
-        scheduler.load_state_dict(resume.scheduler)
-        for _ in range(resume.step * settings.grad_accum):
-            next(batches)
-        set_rng_state(resume.rng[accelerator.process_index % len(resume.rng)])
-        done, progress = resume.step, resume.progress
-    on_event(
-        "task_start",
-        {"index": index, "total": total, "task": name, "steps": steps, "examples": len(examples)},
-    )
-
-    set_gradient_checkpointing(model, settings.gradient_checkpointing, name)
-    model.train()
-    pad_id = None if packs_sequences(model) else tokenizer.pad_token_id
-    rank, world = accelerator.process_index, accelerator.num_processes
-    device = accelerator.device
-    window_loss, window_extra, window_tokens = 0.0, None, 0
-    window_start = segment_start = time.perf_counter()
-    plan = DropoutPlan()
-    install_dropout(model, plan)
-    for step in range(done + 1, steps + 1):
-        for micro in range(settings.grad_accum):
-            share = next(batches)[rank::world]
-            targets = sum(answer_tokens(f) for f in share)
-            global_targets = reduce_sum(accelerator, targets)
-            keys = example_keys(
-                seed, step, micro, list(range(rank, rank + world * len(share), world))
-            )
-            lengths = [len(f["input_ids"]) for f in share]
-            with plan.examples(keys, lengths, packed=pad_id is None):
-                loss = torch.zeros((), device=device)
-                if share:
-                    loss = answer_loss(model, share, pad_id)
-                    loss = loss * (targets / global_targets)
-                    window_tokens += sum(lengths)
-                extra = strategy.extra_loss(model, index)
-                total_loss = loss if extra is None else loss + extra / world
-                if total_loss.requires_grad:
-                    (total_loss / settings.grad_accum).backward()
-            window_loss += loss.item() / settings.grad_accum
-            if extra is not None:
-                window_extra = (window_extra or 0.0) + extra.item() / settings.grad_accum
-        sum_gradients(accelerator, trainable)
-        norm = torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
-        if not torch.isfinite(norm):  # the same on every process: the gradients are summed
-            raise Diverged(divergence(name, step, steps, float(norm), settings))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        if step % settings.log_every == 0 or step == steps:
-            elapsed = time.perf_counter() - window_start
-            logged = step % settings.log_every or settings.log_every
-            tokens = reduce_sum(accelerator, window_tokens)
-            entry = {
-                "task": name,
-                "task_index": index,
-                "step": step,
-                "steps": steps,
-                "loss": round(reduce_sum(accelerator, window_loss) / logged, 5),
-                "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": round(tokens / elapsed, 1),
-            }
-            if window_extra is not None:
-                entry["extra_loss"] = round(window_extra / logged, 5)
-            progress["losses"].append(entry["loss"])
-            progress["tokens"] += int(tokens)
-            if accelerator.is_main_process:
-                runs.append_jsonl(folder.train_log, entry)
-            on_event("step", entry)
-            window_loss, window_extra, window_tokens = 0.0, None, 0
-            window_start = time.perf_counter()
-
-        stopping = stop.requested(accelerator)
-        every = settings.checkpoint_every
-        if step < steps and (stopping or (every and step % every == 0)):
-            progress["seconds"] += time.perf_counter() - segment_start
-            segment_start = time.perf_counter()
-            write_checkpoint(
-                accelerator,
-                folder,
-                name,
-                Checkpoint(
-                    index,
-                    step,
-                    lora_state(model),
-                    memory,
-                    [],
-                    optimizer.state_dict(),
-                    scheduler.state_dict(),
-                    progress,
-                ),
-            )
-            if stopping:
-                raise Preempted(f"stopped at step {step} of {name}")
-
-    seconds = progress["seconds"] + time.perf_counter() - segment_start
-    summary = {
-        "trainable_parameters": sum(p.numel() for p in trainable),
-        "steps": steps,
-        "examples": len(examples),
-        "tokens": progress["tokens"],
-        "tokens_per_s": round(progress["tokens"] / seconds, 1),
-        "first_loss": progress["losses"][0],
-        "last_loss": progress["losses"][-1],
-        "seconds": round(seconds, 2),
-    }
-    on_event("task_end", {"task": name, "index": index, **summary})
-    return summary
+    def record_failure(self, exc: BaseException) -> None:
+        """Say in run.json how the run ended; a full disk must not hide the cause."""
+        state = self.ctx.state
+        state.status = run_status(exc)
+        if not isinstance(exc, Preempted):
+            state.error = bounded(f"{type(exc).__name__}: {exc}")
+        state.finished_at = runs.now()
+        state.timings.wall_seconds = round(time.perf_counter() - self.started, 2)
+        with contextlib.suppress(OSError):
+            self.ctx.save_state()
 
 
-def set_gradient_checkpointing(model: PeftModel, enabled: bool, task: str) -> None:
-    """Turn activation recomputation on or off for this task's training."""
-    if not enabled:
-        model.gradient_checkpointing_disable()
-        return
-    try:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    except ValueError:
-        raise PecftError(
-            f"training.gradient_checkpointing (task '{task}'): this {model.config.model_type} "
-            "model does not support gradient checkpointing; set it to false."
-        ) from None
-
-
-def reduce_sum(accelerator: Accelerator, value: float) -> float:
-    """A number summed over all processes (itself, with one process)."""
-    if accelerator.num_processes == 1:
-        return value
-    total = accelerator.reduce(torch.tensor(float(value), device=accelerator.device), "sum")
-    return float(total)
-
-
-def sum_gradients(accelerator: Accelerator, parameters: list[torch.nn.Parameter]) -> None:
-    """Add up every process's gradients in one flat all-reduce."""
-    if accelerator.num_processes == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), "sum")
-    offset = 0
-    for parameter in parameters:
-        count = parameter.numel()
-        parameter.grad = flat[offset : offset + count].view_as(parameter).clone()
-        offset += count
-
-
-def endless(loader: DataLoader) -> Iterator[list[dict[str, list[int]]]]:
-    """Global batches across as many epochs as the step count needs, reshuffled each epoch."""
-    while True:
-        yield from loader
-
-
-def write_checkpoint(
-    accelerator: Accelerator, folder: runs.RunFolder, stage: str, checkpoint: Checkpoint
-) -> None:
-    """Collect every process's random generators, then let the main process publish."""
-    states = [rng_state()]
-    checkpoint.rng = gather_object(states) if accelerator.num_processes > 1 else states
-    if accelerator.is_main_process:
-        save_checkpoint(folder, checkpoint, stage)
-    accelerator.wait_for_everyone()
-
-
-def evaluate_stage(
-    accelerator: Accelerator,
-    model: PeftModel,
-    tokenizer: PreTrainedTokenizerBase,
-    tasks: list[TaskData],
-    recipe: Recipe,
-    folder: runs.RunFolder,
-    stage: str,
-    state: dict[str, Any],
-    stop: StopSignals,
-    on_event: EventCallback,
-) -> list[float | None]:
-    """Score every task with the model as it stands; one row of the matrix.
-
-    Each process scores its share of the batches; scoring draws no random numbers that
-    training would see, so a resumed run trains on as an uninterrupted one does.
-    """
-    started = time.perf_counter()
-    shard = (accelerator.process_index, accelerator.num_processes)
-    row: list[float | None] = []
-    with torch.random.fork_rng(devices=cuda_devices(accelerator)):
-        for task in tasks:
-            task_started = time.perf_counter()
-            result = score_task(model, tokenizer, task, recipe.evaluation, shard)
-            if accelerator.num_processes > 1:
-                result = combine(gather_object([result]))
-            if accelerator.is_main_process:
-                runs.write_jsonl(folder.predictions(stage, task.name), result.predictions)
-            on_event("eval", result.event(stage, time.perf_counter() - task_started))
-            row.append(result.score)
-            if stop.requested(accelerator):
-                raise Preempted(f"stopped while scoring after {stage}")
-    state["timings"]["eval_seconds"][stage] = round(time.perf_counter() - started, 2)
-    return row
-
-
-def cuda_devices(accelerator: Accelerator) -> list[torch.device]:
-    """The devices whose generators `fork_rng` must save and restore besides the CPU's."""
-    return [accelerator.device] if accelerator.device.type == "cuda" else []
-
-
-def write_matrix(
-    folder: runs.RunFolder, names: list[str], matrix: dict[str, list[float | None]], title: str
-) -> None:
-    """The matrix as it stands after a stage: the CSV contract and its heatmap."""
-    runs.write_matrix(folder.matrix, names, matrix)
-    save_heatmap(folder.heatmap, names, matrix, title)
-
-
-def read_rows(folder: runs.RunFolder, names: list[str]) -> dict[str, list[float | None]]:
+def read_rows(folder: runs.RunFolder, names: list[str]) -> Matrix:
     """The matrix rows an earlier, unfinished attempt of this run already scored."""
     if not folder.matrix.is_file():
         return {}
@@ -605,86 +373,11 @@ def trim_log(folder: runs.RunFolder, checkpoint: Checkpoint) -> None:
     runs.write_text(folder.train_log, "".join(kept))
 
 
-class StopSignals:
-    """SIGTERM and SIGUSR1, which schedulers send before preemption, ask the run to checkpoint
-    at the next step boundary and stop; every process stops at the same step."""
-
-    def __init__(self) -> None:
-        self.flag = False
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for number in STOP_SIGNALS:
-                self.previous[number] = signal.signal(number, self.handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-
-    def handle(self, number: int, frame: Any) -> None:
-        self.flag = True
-
-    def requested(self, accelerator: Accelerator) -> bool:
-        return reduce_sum(accelerator, float(self.flag)) > 0
-
-
-def check_processes(accelerator: Accelerator) -> None:
-    """Refuse processes that were launched together but did not form one group: each would
-    repeat the whole run on its own."""
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise PecftError(
-            f"this launch asks for {accelerator.distributed_type.value}, which shards the model "
-            "across processes; pecft trains data-parallel (every process holds the whole base "
-            "model, optionally 4-bit, and LoRA gradients are summed). Launch with the DDP config "
-            "(cli/accelerate/ddp.yaml) or `pecft train --num-processes N`."
-        )
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and accelerator.num_processes != launched:
-        raise PecftError(
-            f"this process was launched as one of {launched}, but they did not join one process "
-            f"group (it sees {accelerator.num_processes}), so each would repeat the whole run. "
-            "Launch with `pecft train --num-processes N`, or with torchrun or `accelerate "
-            "launch --multi_gpu` (on a host without GPUs, with ACCELERATE_USE_CPU=1)."
-        )
-
-
-def on_main(accelerator: Accelerator, action: Callable[[], T]) -> T:
-    """Run `action` on the main process only and hand its result, or its error, to every one."""
-    outcome: tuple[str, Any] = ("ok", None)
-    if accelerator.is_main_process:
-        try:
-            outcome = ("ok", action())
-        except PecftError as exc:
-            outcome = ("error", str(exc))
-            if accelerator.num_processes == 1:
-                raise
-    if accelerator.num_processes > 1:
-        outcome = broadcast_object_list([outcome])[0]
-    if outcome[0] == "error":
-        raise PecftError(outcome[1])
-    return outcome[1]
-
-
-def completed_result(folder: runs.RunFolder, state: dict[str, Any]) -> RunResult:
+def completed_result(folder: runs.RunFolder, state: runs.RunState) -> TrainResult:
     """What a finished run wrote, for a command that found nothing left to do."""
     tasks, matrix = runs.read_matrix(folder.matrix)
     metrics = runs.read_json_file(folder.metrics)
-    return RunResult(folder.root, tasks, matrix, metrics, state, already_complete=True)
-
-
-def divergence(name: str, step: int, steps: int, norm: float, settings: TrainingSection) -> str:
-    """What happened at the step whose gradients are not finite, and what to do about it."""
-    kind = "NaN" if math.isnan(norm) else "infinite"
-    return (
-        f"task '{name}' diverged at step {step} of {steps}: its gradients became {kind} "
-        f"(training.lr {settings.lr:g}, max_grad_norm {settings.max_grad_norm:g}). The step was "
-        "not applied and no adapter was written for this task; the run folder keeps the earlier "
-        "tasks' adapters and its last checkpoint, from which the same command would diverge "
-        "again. Lower training.lr or add warmup_steps, then start again with --overwrite or "
-        "another output_dir."
-    )
+    return TrainResult(folder.root, tasks, matrix, metrics, state, already_complete=True)
 
 
 def run_status(exc: BaseException) -> str:

@@ -190,7 +190,7 @@ def rescore_with_stock_peft(run: Path, stage: int) -> list[float]:
     from pecft_cli.evaluate import score_task
     from pecft_cli.model import load_model, load_tokenizer
     from pecft_cli.preflight import preflight
-    from pecft_cli.recipe import load_recipe
+    from pecft_cli.recipe_file import load_recipe
 
     recipe = load_recipe(run / "recipe.yaml")
     tokenizer = load_tokenizer(recipe.model)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import invoke, snapshot, write_jsonl
 
-from pecft_cli.recipe import load_recipe
+from pecft_cli.recipe_file import load_recipe
 from pecft_cli.train import run
 
 Setup = Callable[[Path], list]  # prepares the case under a folder, returns the command line
@@ -370,18 +370,13 @@ def custom_code_model(folder: Path, tiny_model: Path, marker: Path) -> Path:
 def test_model_code_runs_only_when_recipe_and_command_line_both_ask(
     recipe_file: Path, tiny_model: Path, in_recipe: bool, on_command_line: bool, runs_code: bool
 ) -> None:
-    import os
-
     marker = recipe_file.parent / "RAN"
     model = custom_code_model(recipe_file.parent, tiny_model, marker)
     command = ["validate", recipe_file, "--set", f"model.path={model}"]
     command += ["--set", f"model.trust_remote_code={str(in_recipe).lower()}"]
     if on_command_line:
         command.append("--trust-remote-code")
-    try:
-        result = invoke(*command)
-    finally:
-        os.environ.pop("PECFT_TRUST_REMOTE_CODE", None)
+    result = invoke(*command)
     assert marker.exists() is runs_code
     if in_recipe and not on_command_line:
         assert result.exit_code == 2, result.output

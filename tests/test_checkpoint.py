@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from pecft_cli import runs
 from pecft_cli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pecft_cli.errors import PecftError
-from pecft_cli.recipe import load_recipe
+from pecft_cli.recipe_file import load_recipe
 from pecft_cli.train import run
 
 STRATEGIES = {
@@ -129,7 +129,13 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = runs.RunFolder(tmp_path)
-    first = Checkpoint(1, 0, {"w": torch.ones(2)}, {}, [{"torch": torch.get_rng_state()}])
+    first = Checkpoint(
+        stage_index=1,
+        step=0,
+        lora={"w": torch.ones(2)},
+        strategy={},
+        rng=[{"torch": torch.get_rng_state()}],
+    )
     save_checkpoint(folder, first, "a")
 
     def torn(obj, path):
@@ -138,7 +144,8 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(
 
     monkeypatch.setattr(torch, "save", torn)
     with pytest.raises(OSError):
-        save_checkpoint(folder, Checkpoint(2, 5, {"w": torch.zeros(2)}, {}, []), "b")
+        second = Checkpoint(stage_index=2, step=5, lora={"w": torch.zeros(2)}, strategy={})
+        save_checkpoint(folder, second, "b")
     kept = load_checkpoint(folder)
     assert kept is not None and kept.stage_index == 1 and torch.equal(kept.lora["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]

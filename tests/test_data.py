@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from pecft_cli.data import IGNORE_INDEX, load_task, pack, pad, read_local, training_features
 from pecft_cli.errors import PecftError
-from pecft_cli.recipe import load_recipe
+from pecft_cli.recipe_file import load_recipe
 
 ROWS = [{"q": "Is ice cold?", "a": "yes"}, {"q": "Is fire cold?", "a": "no"}]
 

@@ -8,8 +8,8 @@ import pytest
 from conftest import invoke, snapshot, write_jsonl, write_recipe
 
 import pecft_cli.eval_run as eval_run
-from pecft_cli.eval_run import evaluate_run
-from pecft_cli.recipe import load_recipe
+from pecft_cli.eval_run import EvalOptions, evaluate_run
+from pecft_cli.recipe_file import load_recipe
 from pecft_cli.runs import read_matrix
 from pecft_cli.train import run
 
@@ -44,7 +44,7 @@ def test_eval_reproduces_the_matrix_train_wrote(run_dir: Path) -> None:
 
 def test_subsets_replace_only_their_cells(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "subset"
-    result = evaluate_run(run_dir, tasks=["yesno"], stages=["base", "2"], out=out)
+    result = evaluate_run(run_dir, EvalOptions(tasks=["yesno"], stages=["base", "2"], out=out))
     tasks, rows = read_matrix(out / "matrix.csv")
     _, full = read_matrix(run_dir / "eval/matrix.csv")
     assert tasks == ["codes", "yesno"]
@@ -54,7 +54,7 @@ def test_subsets_replace_only_their_cells(run_dir: Path, tmp_path: Path) -> None
 
 
 def test_limit_goes_to_its_own_folder(run_dir: Path) -> None:
-    evaluate_run(run_dir, limit=2)
+    evaluate_run(run_dir, EvalOptions(limit=2))
     predictions = run_dir / "eval-limit2/predictions/base/codes.jsonl"
     assert len(predictions.read_text().splitlines()) == 2
 
@@ -63,21 +63,21 @@ def test_an_interrupted_eval_resumes_and_overwrites_nothing_until_done(
     run_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = snapshot(run_dir / "eval")
-    original = eval_run.score_cell
+    original = eval_run.score_shared
     calls: list[str] = []
 
     def crash_on_third(*args, **kwargs):
-        calls.append(args[4])
+        calls.append(args[3].name)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(eval_run, "score_cell", crash_on_third)
+    monkeypatch.setattr(eval_run, "score_shared", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         evaluate_run(run_dir)
     after = {k: v for k, v in snapshot(run_dir / "eval").items() if not k.startswith(".progress")}
     assert after == before
-    monkeypatch.setattr(eval_run, "score_cell", original)
+    monkeypatch.setattr(eval_run, "score_shared", original)
     result = evaluate_run(run_dir)
     assert result.resumed_cells == 2
     assert snapshot(run_dir / "eval") == before | {
@@ -93,7 +93,7 @@ def test_extra_data_is_scored_at_every_stage(run_dir: Path, tmp_path: Path) -> N
             {"prompt": "Is fire cold?", "target": "no", "choices": ["yes", "no"]},
         ],
     )
-    result = evaluate_run(run_dir, data=[extra], tasks=["codes"])
+    result = evaluate_run(run_dir, EvalOptions(data=[extra], tasks=["codes"]))
     assert result.extra_names == ["general"]
     assert list(result.extra) == ["base", "codes", "yesno"]
     tasks, rows = read_matrix(run_dir / "eval/extra.csv")

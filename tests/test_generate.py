@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import invoke, write_jsonl, write_recipe
 
-from pecft_cli.generate import generate
-from pecft_cli.merge import merge_adapters
-from pecft_cli.recipe import load_recipe
+from pecft_cli.generate import GenerateOptions, generate
+from pecft_cli.merge import MergeOptions, merge_adapters
+from pecft_cli.recipe_file import load_recipe
 from pecft_cli.train import run
 
 ROWS = [{"country": "France"}, {"country": "Japan"}, {"country": "Spain"}, {"country": "Peru"}]
@@ -55,7 +55,9 @@ def test_one_field_templates_take_plain_text_and_files_take_rows(
 
 
 def test_merged_and_adapter_folders_answer_like_the_run(trained: Path, tmp_path: Path) -> None:
-    merge_adapters([trained / "adapters/02-yesno"], tmp_path / "model", into_base=True)
+    merge_adapters(
+        [trained / "adapters/02-yesno"], tmp_path / "model", MergeOptions(into_base=True)
+    )
     expected = evaluated(trained, "yesno")
     rows = [json.dumps(row) for row in ROWS]
     assert answers(tmp_path / "model", "--task", "codes", *rows) == expected
@@ -68,7 +70,7 @@ def test_free_prompts_print_one_line_each(trained: Path, tmp_path: Path) -> None
     result = invoke("generate", trained, "--file", prompts, "--max-new-tokens", "3")
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 2
-    via_api = generate(trained, ["Country: France Code:"], max_new_tokens=3)
+    via_api = generate(trained, ["Country: France Code:"], GenerateOptions(max_new_tokens=3))
     assert via_api[0].prompt == "Country: France Code:"
     assert result.stdout.splitlines()[0] == via_api[0].answer.replace("\n", "\\n")
 

@@ -18,10 +18,11 @@ from accelerate.utils import DistributedType
 from conftest import write_recipe
 from safetensors.torch import load_file
 
+from pecft_cli.distributed import check_processes
 from pecft_cli.errors import PecftError
 from pecft_cli.launch import drop_option, launch_command
-from pecft_cli.recipe import load_recipe
-from pecft_cli.train import check_processes, run
+from pecft_cli.recipe_file import load_recipe
+from pecft_cli.train import run
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,8 @@ from pecft_cli.data import TaskData
 from pecft_cli.evaluate import score_task
 from pecft_cli.model import load_model, load_tokenizer, model_location
 from pecft_cli.preflight import preflight
-from pecft_cli.recipe import EvaluationSection, Recipe, TaskSection, load_recipe
+from pecft_cli.recipe import EvaluationSection, Recipe, TaskSection
+from pecft_cli.recipe_file import load_recipe
 from pecft_cli.train import run
 
 pytest.importorskip("lm_eval")

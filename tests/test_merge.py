@@ -13,8 +13,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 import pecft_cli.merge as merge_module
-from pecft_cli.merge import merge_adapters
-from pecft_cli.recipe import load_recipe
+from pecft_cli.merge import MergeOptions, merge_adapters
+from pecft_cli.recipe_file import load_recipe
 from pecft_cli.runs import read_matrix
 from pecft_cli.train import run
 
@@ -96,11 +96,11 @@ def test_svd_at_full_rank_equals_the_sum_and_lower_rank_does_not(
     olora_run: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     expected = summed_task_loras(tiny_model, olora_run)
-    merge_adapters([olora_run], tmp_path / "svd8", method="svd", rank=8)
+    merge_adapters([olora_run], tmp_path / "svd8", MergeOptions(method="svd", rank=8))
     torch.testing.assert_close(
         with_adapter(tiny_model, tmp_path / "svd8"), expected, atol=1e-4, rtol=0
     )
-    merge_adapters([olora_run], tmp_path / "svd1", method="svd", rank=1)
+    merge_adapters([olora_run], tmp_path / "svd1", MergeOptions(method="svd", rank=1))
     assert not torch.allclose(with_adapter(tiny_model, tmp_path / "svd1"), expected, atol=1e-4)
 
 
@@ -124,7 +124,7 @@ def test_into_base_gives_plain_transformers_the_adapters_logits(
 
 def test_one_adapter_folds_into_the_base(seq_run: Path, tiny_model: Path, tmp_path: Path):
     adapter = seq_run / "adapters/02-yesno"
-    merge_adapters([adapter], tmp_path / "model", into_base=True)
+    merge_adapters([adapter], tmp_path / "model", MergeOptions(into_base=True))
     torch.testing.assert_close(
         logits(AutoModelForCausalLM.from_pretrained(tmp_path / "model")),
         with_adapter(tiny_model, adapter),
@@ -134,7 +134,7 @@ def test_one_adapter_folds_into_the_base(seq_run: Path, tiny_model: Path, tmp_pa
 
 
 def test_stage_adapters_of_a_seq_run_are_averaged_by_default(seq_run: Path, tmp_path: Path):
-    result = merge_adapters([seq_run], tmp_path / "avg", method="linear")
+    result = merge_adapters([seq_run], tmp_path / "avg", MergeOptions(method="linear"))
     assert result.record["input_kind"] == "stages"
     assert result.record["weights"] == [0.5, 0.5]
     assert result.record["rank"] == 4
@@ -142,7 +142,9 @@ def test_stage_adapters_of_a_seq_run_are_averaged_by_default(seq_run: Path, tmp_
 
 def test_dare_is_fixed_by_its_seed(olora_run: Path, tmp_path: Path) -> None:
     def dare(name: str, seed: int) -> bytes:
-        merge_adapters([olora_run], tmp_path / name, method="dare_linear", density=0.5, seed=seed)
+        merge_adapters(
+            [olora_run], tmp_path / name, MergeOptions(method="dare_linear", density=0.5, seed=seed)
+        )
         return (tmp_path / name / "adapter_model.safetensors").read_bytes()
 
     first = dare("a", 1)
@@ -160,7 +162,7 @@ def test_rslora_adapters_merge_without_double_scaling(tiny_model: Path, tmp_path
         model = get_peft_model(base(tiny_model), config)
         model.save_pretrained(tmp_path / f"rs{seed}")
         folders.append(tmp_path / f"rs{seed}")
-    merge_adapters(folders, tmp_path / "cat", base=str(tiny_model))
+    merge_adapters(folders, tmp_path / "cat", MergeOptions(base=str(tiny_model)))
     model = PeftModel.from_pretrained(base(tiny_model), folders[0], adapter_name="a")
     model.load_adapter(folders[1], adapter_name="b")
     model.base_model.set_adapter(["a", "b"])
@@ -260,8 +262,8 @@ def test_a_failed_write_leaves_no_partial_folder(
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(merge_module, "save_adapter", disk_full)
+    monkeypatch.setattr(merge_module, "save_named_adapter", disk_full)
     with pytest.raises(OSError):
-        merge_adapters([olora_run], out, method="svd", force=True)
+        merge_adapters([olora_run], out, MergeOptions(method="svd", force=True))
     assert snapshot(tmp_path) == before
     assert [p.name for p in tmp_path.iterdir()] == ["cat"]

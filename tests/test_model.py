@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pecft_cli.model import model_dtype
-from pecft_cli.recipe import load_recipe
+from pecft_cli.recipe_file import load_recipe
 from pecft_cli.train import run
 
 
@@ -31,4 +31,4 @@ def test_an_explicit_dtype_is_kept() -> None:
 
 def test_the_run_records_the_dtype_it_trained_in(recipe_file: Path) -> None:
     result = run(load_recipe(recipe_file, ["training.max_steps=1", "model.dtype=auto"]))
-    assert result.state["dtype"] == "float32"
+    assert result.state.dtype == "float32"

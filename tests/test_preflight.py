@@ -9,7 +9,7 @@ from conftest import invoke, snapshot
 from pecft_cli import preflight
 from pecft_cli.errors import PecftError
 from pecft_cli.model import load_tokenizer
-from pecft_cli.recipe import load_recipe
+from pecft_cli.recipe_file import load_recipe
 
 
 def test_the_estimate_counts_weights_lora_state_and_activations(recipe_file: Path) -> None:

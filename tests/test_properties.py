@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pecft_cli.errors import PecftError
 from pecft_cli.metrics import continual_metrics
-from pecft_cli.recipe import load_recipe
+from pecft_cli.recipe_file import load_recipe
 
 scores = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import rescore_with_stock_peft
 
-from pecft_cli.recipe import load_recipe
+from pecft_cli.recipe_file import load_recipe
 from pecft_cli.runs import read_matrix
 from pecft_cli.train import run
 
@@ -54,7 +54,7 @@ def test_real_run_writes_the_folder_contract(real_run) -> None:
 @pytest.mark.real_model
 def test_real_training_lowers_the_loss_and_teaches_the_task(real_run) -> None:
     for task in ("numeric_value", "unicode_category"):
-        summary = real_run.state["training"][task]
+        summary = real_run.state.training[task]
         assert summary["last_loss"] < 0.7 * summary["first_loss"], summary
     # after its own task, the model reads numeric values better than the base model
     assert real_run.matrix["numeric_value"][0] > real_run.matrix["base"][0] + 0.25

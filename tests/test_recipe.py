@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from pecft_cli.errors import PecftError
-from pecft_cli.recipe import dump_recipe, load_recipe, output_dir
+from pecft_cli.recipe import output_dir
+from pecft_cli.recipe_file import dump_recipe, load_recipe
 
 
 def edit(path: Path, change) -> Path:

@@ -7,7 +7,8 @@ import pytest
 from conftest import invoke, rescore_with_stock_peft
 from safetensors.torch import load_file
 
-from pecft_cli.recipe import load_recipe, output_dir
+from pecft_cli.recipe import output_dir
+from pecft_cli.recipe_file import load_recipe
 from pecft_cli.runs import read_matrix
 from pecft_cli.train import run
 
@@ -22,7 +23,7 @@ def test_each_adapter_reloaded_by_stock_peft_reproduces_its_matrix_row(recipe_fi
 
 def test_training_changes_the_adapter_and_lowers_the_loss(recipe_file: Path) -> None:
     result = run(load_recipe(recipe_file, ["training.max_steps=20"]))
-    summary = result.state["training"]["codes"]
+    summary = result.state.training["codes"]
     assert summary["last_loss"] < summary["first_loss"]
     weights = load_file(result.folder / "adapters/01-codes/adapter_model.safetensors")
     assert any(
@@ -65,14 +66,13 @@ def test_a_failure_mid_run_is_recorded_and_keeps_the_finished_stages(
 ) -> None:
     import pecft_cli.train as train
 
-    original = train.train_task
+    class FailOnSecondStage(train.StageTrainer):
+        def train(self) -> dict:
+            if self.plan.stage.index == 1:
+                raise RuntimeError("disk full")
+            return super().train()
 
-    def fail_on_second_task(*args: object, **kwargs: object) -> dict:
-        if args[5] == 1:
-            raise RuntimeError("disk full")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(train, "train_task", fail_on_second_task)
+    monkeypatch.setattr(train, "StageTrainer", FailOnSecondStage)
     recipe = load_recipe(recipe_file)
     with pytest.raises(RuntimeError, match="disk full"):
         run(recipe)
@@ -104,13 +104,13 @@ def test_the_seed_does_not_depend_on_what_loading_draws(
     monkeypatch.setattr(train, "load_model", drawing_load)
     drawn = run(load_recipe(recipe_file, [f"output_dir={tmp_path / 'drawn'}"]))
     assert drawn.matrix == plain.matrix
-    assert drawn.state["training"] == {
+    assert drawn.state.training == {
         task: {
             **summary,
-            "seconds": drawn.state["training"][task]["seconds"],
-            "tokens_per_s": drawn.state["training"][task]["tokens_per_s"],
+            "seconds": drawn.state.training[task]["seconds"],
+            "tokens_per_s": drawn.state.training[task]["tokens_per_s"],
         }
-        for task, summary in plain.state["training"].items()
+        for task, summary in plain.state.training.items()
     }
 
 

@@ -1,4 +1,8 @@
-"""Continual-learning strategies, one small module each, looked up by the recipe's name."""
+"""Continual-learning strategies, one small module each, looked up by the recipe's name.
+
+A strategy's `Options` schema checks `strategy.options`; `strategy.replay` adds a replay buffer
+to any strategy that `takes_replay`. Nothing here or in the task loop knows a strategy by name.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +12,33 @@ from pydantic import ValidationError
 
 from pecft_cli.errors import PecftError, did_you_mean, short
 from pecft_cli.recipe import LoraSection, Section, StrategySection
+from pecft_cli.replay_buffer import ReplayBuffer, ReplayOptions
 from pecft_cli.strategies.base import Strategy
 from pecft_cli.strategies.ewc import Ewc
 from pecft_cli.strategies.inclora import IncrementalLora
 from pecft_cli.strategies.joint import Joint
 from pecft_cli.strategies.olora import OLora
-from pecft_cli.strategies.replay import Replay, ReplayOptions
+from pecft_cli.strategies.replay import Replay
 from pecft_cli.strategies.seq import Sequential
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "seq": Sequential,
     "inclora": IncrementalLora,
     "olora": OLora,
-    "replay": Sequential,
+    "replay": Replay,
     "joint": Joint,
     "ewc": Ewc,
 }
-REPLAY_COMBINES = ("seq", "inclora", "olora", "ewc")
+
+
+def replay_combines() -> list[str]:
+    """The strategies that `strategy.replay` can add a replay buffer to."""
+    return [name for name, strategy in STRATEGIES.items() if strategy.takes_replay]
 
 
 def check_strategy(section: StrategySection, tasks: list[str]) -> None:
     """Refuse an unknown strategy, option or task name before any work starts."""
-    options, replay = build_options(section)
+    options, _ = build_options(section)
     for key, value in options:
         if isinstance(value, dict):
             for task in value:
@@ -40,28 +49,32 @@ def check_strategy(section: StrategySection, tasks: list[str]) -> None:
                     )
 
 
+def strategy_class(name: str) -> type[Strategy]:
+    if name not in STRATEGIES:
+        raise PecftError(
+            f"strategy.name: unknown strategy '{name}'"
+            f"{did_you_mean(name, list(STRATEGIES)) or '.'} Available: {', '.join(STRATEGIES)}."
+        )
+    return STRATEGIES[name]
+
+
 def build_options(section: StrategySection) -> tuple[Section, ReplayOptions | None]:
     """The strategy's options and the replay options, each validated by its own schema."""
-    if section.name not in STRATEGIES:
-        raise PecftError(
-            f"strategy.name: unknown strategy '{section.name}'"
-            f"{did_you_mean(section.name, list(STRATEGIES)) or '.'} "
-            f"Available: {', '.join(STRATEGIES)}."
-        )
-    if section.name == "replay":
-        if section.replay is not None:
-            raise PecftError(
-                "strategy.replay: with name 'replay' the replay options go in strategy.options; "
-                "use strategy.replay to add replay to seq, inclora or olora."
-            )
-        return Sequential.Options(), validate("strategy.options", ReplayOptions, section.options)
-    options = validate("strategy.options", STRATEGIES[section.name].Options, section.options)
+    strategy = strategy_class(section.name)
+    options = validate("strategy.options", strategy.Options, section.options)
+    own = strategy.replay_options(options)
     if section.replay is None:
-        return options, None
-    if section.name not in REPLAY_COMBINES:
+        return options, own
+    combines = ", ".join(replay_combines())
+    if own is not None:
+        raise PecftError(
+            f"strategy.replay: with name '{section.name}' the replay options go in "
+            f"strategy.options; use strategy.replay to add replay to {combines}."
+        )
+    if not strategy.takes_replay:
         raise PecftError(
             f"strategy.replay: replay does not combine with '{section.name}'; it combines with "
-            f"{', '.join(REPLAY_COMBINES)}."
+            f"{combines}."
         )
     return options, validate("strategy.replay", ReplayOptions, section.replay)
 
@@ -88,11 +101,11 @@ def validate(where: str, schema: type[Section], given: dict[str, Any]) -> Sectio
 
 def build_strategy(
     section: StrategySection, lora: LoraSection, tasks: list[str], seed: int
-) -> Strategy:
-    """The strategy object the task loop calls, wrapped in replay when the recipe asks."""
+) -> tuple[Strategy, ReplayBuffer | None]:
+    """The strategy object the task loop calls, and the replay buffer it mixes with, if any."""
     options, replay = build_options(section)
     strategy = STRATEGIES[section.name](options, lora, tasks, seed)
-    return strategy if replay is None else Replay(strategy, replay)
+    return strategy, None if replay is None else ReplayBuffer(replay, seed)
 
 
 def strategy_label(section: StrategySection) -> str:

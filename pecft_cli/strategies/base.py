@@ -1,11 +1,25 @@
 """The hooks a continual-learning strategy plugs into the task loop.
 
-The loop in `pecft_cli.train` calls these in order for every task; the defaults do nothing, so a
-strategy module overrides only what it changes and the loop never branches on strategy names.
+The loop in `pecft_cli.train` calls them in this order; the defaults do nothing, so a strategy
+module overrides only what it changes and the loop never branches on a strategy's name:
+
+    attach(base)                                   once, before anything trains
+    resume(model, finished, state)                 once, only when a stopped run continues
+    for stage in stages():
+        before_stage(model, stage)
+        extra_loss(model, stage)                   at every step, added to the answer loss
+        after_stage(model, stage, examples)
+        save_adapter(model, stage, folder)         adapters/NN-<stage>, for stock PEFT
+        save_extras(model, stage, run)             anything else, in the run folder
+        state_dict()                               into the checkpoint
+
+Replay is not a strategy hook: any strategy takes a replay buffer (`pecft_cli.replay_buffer`),
+which the loop asks for the examples a stage trains on.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,10 +29,21 @@ from transformers import PreTrainedModel
 
 from pecft_cli.data import Example
 from pecft_cli.recipe import LoraSection, Section
+from pecft_cli.replay_buffer import ReplayOptions
+from pecft_cli.runs import RunFolder
 
 
 class NoOptions(Section):
     """A strategy without options: any key given is unknown."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What trains at once: its place in the run, its name and the tasks whose data it uses."""
+
+    index: int
+    name: str
+    tasks: tuple[int, ...]
 
 
 def lora_config(lora: LoraSection) -> LoraConfig:
@@ -34,9 +59,10 @@ def lora_config(lora: LoraSection) -> LoraConfig:
 
 
 class Strategy:
-    """Default hooks: one LoRA, trained on each task's own examples, saved as is."""
+    """Default hooks: one LoRA, trained on each task in turn, saved as is."""
 
     Options: ClassVar[type[Section]] = NoOptions
+    takes_replay: ClassVar[bool] = True  # whether `strategy.replay` may add a replay buffer
 
     def __init__(self, options: Section, lora: LoraSection, tasks: list[str], seed: int) -> None:
         self.options = options
@@ -44,38 +70,47 @@ class Strategy:
         self.tasks = tasks
         self.seed = seed
 
-    def stages(self, tasks: list[str]) -> list[tuple[str, list[int]]]:
-        """What trains, in order: each stage's name and the tasks whose data it trains on."""
-        return [(name, [index]) for index, name in enumerate(tasks)]
+    @classmethod
+    def replay_options(cls, options: Section) -> ReplayOptions | None:
+        """The replay this strategy asks for through its own options (None: only what
+        `strategy.replay` adds)."""
+        return None
+
+    def stages(self) -> list[Stage]:
+        """What trains, in order: by default one stage per task, named after it."""
+        return [Stage(index, name, (index,)) for index, name in enumerate(self.tasks)]
 
     def attach(self, model: PreTrainedModel) -> PeftModel:
         """Wrap the base model with the LoRA adapter(s) this strategy trains."""
         return get_peft_model(model, lora_config(self.lora))
 
-    def before_task(self, model: PeftModel, index: int) -> None:
-        """Called before training task `index` (0-based)."""
+    def resume(self, model: PeftModel, finished: list[Stage], state: dict[str, Any]) -> None:
+        """Rebuild what the strategy held after the `finished` stages of a stopped run: the
+        adapters it added to the model, and its memory from `state` (what `state_dict`
+        returned). Called once, before the checkpoint's LoRA weights are copied in."""
+        self.load_state_dict(state)
 
-    def train_examples(self, index: int, examples: list[Example]) -> list[Example]:
-        """The examples task `index` trains on; replay mixes earlier tasks in here."""
-        return examples
+    def before_stage(self, model: PeftModel, stage: Stage) -> None:
+        """Called before `stage` trains."""
 
-    def extra_loss(self, model: PeftModel, index: int) -> torch.Tensor | None:
-        """A term added to the cross-entropy loss at every step of task `index`, or None."""
+    def extra_loss(self, model: PeftModel, stage: Stage) -> torch.Tensor | None:
+        """A term added to the answer loss at every step of `stage`, or None."""
         return None
 
-    def after_task(self, model: PeftModel, index: int, examples: list[Example]) -> None:
-        """Called after training task `index`, before its adapter is saved."""
+    def after_stage(self, model: PeftModel, stage: Stage, examples: list[Example]) -> None:
+        """Called after `stage` trained on `examples`, before its adapter is saved."""
 
-    def save_adapter(self, model: PeftModel, index: int, folder: Path) -> None:
-        """Write the model after task `index` as one adapter that stock PEFT loads."""
+    def save_adapter(self, model: PeftModel, stage: Stage, folder: Path) -> None:
+        """Write the model after `stage` into `folder` as one adapter that stock PEFT loads."""
         model.save_pretrained(str(folder))
 
-    def save_extras(self, model: PeftModel, index: int, root: Path) -> None:
-        """Write what else the strategy keeps in the run folder after task `index`."""
+    def save_extras(self, model: PeftModel, stage: Stage, run: RunFolder) -> None:
+        """Write what else the strategy keeps in the run folder after `stage`."""
 
     def state_dict(self) -> dict[str, Any]:
-        """What the strategy has learnt of earlier tasks (beyond the LoRA weights), for resuming:
-        tensors, numbers, strings and lists only, so a checkpoint loads with weights_only."""
+        """What the strategy has learnt of earlier stages (beyond the LoRA weights), for
+        resuming: tensors, numbers, strings and lists only, so a checkpoint loads with
+        weights_only."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

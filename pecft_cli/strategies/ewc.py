@@ -18,7 +18,7 @@ from pydantic import Field
 from pecft_cli.data import Example, training_features
 from pecft_cli.loss import answer_loss
 from pecft_cli.recipe import COUNT_LIMIT, Section
-from pecft_cli.strategies.base import Strategy
+from pecft_cli.strategies.base import Stage, Strategy
 
 
 class EwcOptions(Section):
@@ -38,7 +38,7 @@ class Ewc(Strategy):
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
 
-    def extra_loss(self, model: PeftModel, index: int) -> torch.Tensor | None:
+    def extra_loss(self, model: PeftModel, stage: Stage) -> torch.Tensor | None:
         if not self.fisher:
             return None
         penalty = torch.zeros((), device=next(model.parameters()).device)
@@ -47,8 +47,9 @@ class Ewc(Strategy):
                 penalty = penalty + (self.fisher[name] * (parameter - self.anchor[name]) ** 2).sum()
         return self.options.weight / 2 * penalty
 
-    def after_task(self, model: PeftModel, index: int, examples: list[Example]) -> None:
-        fisher = fisher_diagonal(model, examples, self.options.fisher_examples, self.seed + index)
+    def after_stage(self, model: PeftModel, stage: Stage, examples: list[Example]) -> None:
+        count, seed = self.options.fisher_examples, self.seed + stage.index
+        fisher = fisher_diagonal(model, examples, count, seed)
         for name, value in fisher.items():
             self.fisher[name] = self.fisher.get(name, torch.zeros_like(value)) + value
         self.anchor = {

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from peft import PeftModel
 from transformers import PreTrainedModel
 
 from pecft_cli import runs
 from pecft_cli.strategies import stacked
-from pecft_cli.strategies.base import Strategy
+from pecft_cli.strategies.base import Stage, Strategy
 
 
 class IncrementalLora(Strategy):
@@ -19,13 +20,19 @@ class IncrementalLora(Strategy):
     def attach(self, model: PreTrainedModel) -> PeftModel:
         return stacked.attach_stack(model, self.lora)
 
-    def before_task(self, model: PeftModel, index: int) -> None:
-        stacked.start_task(model, index, self.lora)
+    def resume(self, model: PeftModel, finished: list[Stage], state: dict[str, Any]) -> None:
+        """Add back the LoRA of every finished task; the checkpoint then fills their weights."""
+        for stage in finished:
+            stacked.start_task(model, stage.index, self.lora)
+        self.load_state_dict(state)
 
-    def save_adapter(self, model: PeftModel, index: int, folder: Path) -> None:
-        stacked.save_stack(model, index, folder)
+    def before_stage(self, model: PeftModel, stage: Stage) -> None:
+        stacked.start_task(model, stage.index, self.lora)
 
-    def save_extras(self, model: PeftModel, index: int, root: Path) -> None:
+    def save_adapter(self, model: PeftModel, stage: Stage, folder: Path) -> None:
+        stacked.save_stack(model, stage.index, folder)
+
+    def save_extras(self, model: PeftModel, stage: Stage, run: runs.RunFolder) -> None:
         """Each task's own LoRA too, in task_loras/<NN>-<task>/, for merging."""
-        own = runs.RunFolder(root).task_lora(index, self.tasks[index])
-        runs.write_folder(own, partial(stacked.save_own, model, index))
+        own = run.task_lora(stage.index, stage.name)
+        runs.write_folder(own, partial(stacked.save_own, model, stage.index))

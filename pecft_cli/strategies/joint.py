@@ -4,7 +4,7 @@ Not continual at all: it is the ceiling the continual strategies are measured ag
 has one stage, `joint`, and its matrix one row after the base row.
 """
 
-from pecft_cli.strategies.base import Strategy
+from pecft_cli.strategies.base import Stage, Strategy
 
 STAGE = "joint"
 
@@ -12,5 +12,7 @@ STAGE = "joint"
 class Joint(Strategy):
     """One stage that trains on the union of all tasks, shuffled together."""
 
-    def stages(self, tasks: list[str]) -> list[tuple[str, list[int]]]:
-        return [(STAGE, list(range(len(tasks))))]
+    takes_replay = False  # nothing comes after its one stage to replay into
+
+    def stages(self) -> list[Stage]:
+        return [Stage(0, STAGE, tuple(range(len(self.tasks))))]

@@ -12,6 +12,7 @@ from peft import PeftModel
 from pydantic import Field
 
 from pecft_cli.recipe import Section
+from pecft_cli.strategies.base import Stage
 from pecft_cli.strategies.inclora import IncrementalLora
 from pecft_cli.strategies.stacked import task_adapter
 
@@ -66,8 +67,8 @@ class OLora(IncrementalLora):
 
     Options = OLoraOptions
 
-    def extra_loss(self, model: PeftModel, index: int) -> torch.Tensor | None:
-        task = self.tasks[index]
+    def extra_loss(self, model: PeftModel, stage: Stage) -> torch.Tensor | None:
+        index, task = stage.index, stage.name
         lambda1 = per_task(self.options.lambda1, task)
         lambda2 = per_task(self.options.lambda2, task)
         loss = None

@@ -9,13 +9,12 @@ the same outputs as the stack.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from peft import PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
+from pecft_cli.adapters import save_named_adapter
 from pecft_cli.recipe import LoraSection
 from pecft_cli.strategies.base import lora_config
 
@@ -50,10 +49,7 @@ def save_stack(model: PeftModel, index: int, folder: Path) -> None:
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     model.add_weighted_adapter(names, [1.0] * len(names), EXPORT, combination_type="cat")
     try:
-        with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
-            model.save_pretrained(scratch, selected_adapters=[EXPORT])
-            for item in (Path(scratch) / EXPORT).iterdir():
-                shutil.move(str(item), folder / item.name)
+        save_named_adapter(model, EXPORT, folder)
     finally:
         model.delete_adapter(EXPORT)
         model.base_model.set_adapter(active)
@@ -63,8 +59,4 @@ def save_stack(model: PeftModel, index: int, folder: Path) -> None:
 
 def save_own(model: PeftModel, index: int, folder: Path) -> None:
     """Write task `index`'s own LoRA alone (for merging), as a stock PEFT adapter."""
-    name = task_adapter(index)
-    with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
-        model.save_pretrained(scratch, selected_adapters=[name])
-        for item in (Path(scratch) / name).iterdir():
-            shutil.move(str(item), folder / item.name)
+    save_named_adapter(model, task_adapter(index), folder)

@@ -9,14 +9,15 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from pecft_cli.data import Example
-from pecft_cli.recipe import LoraSection, StrategySection, load_recipe
+from pecft_cli.recipe import LoraSection, StrategySection
+from pecft_cli.recipe_file import load_recipe
 from pecft_cli.strategies import build_strategy
 from pecft_cli.train import run
 
 
 def test_penalty_is_zero_at_the_anchor_and_grows_away_from_it(tiny_model: Path) -> None:
     section = StrategySection(name="ewc", options={"weight": 10.0, "fisher_examples": 4})
-    strategy = build_strategy(section, LoraSection(r=2, alpha=4, dropout=0.0), ["a", "b"], 0)
+    strategy, _ = build_strategy(section, LoraSection(r=2, alpha=4, dropout=0.0), ["a", "b"], 0)
     model = strategy.attach(AutoModelForCausalLM.from_pretrained(tiny_model))
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
@@ -25,15 +26,15 @@ def test_penalty_is_zero_at_the_anchor_and_grows_away_from_it(tiny_model: Path) 
         Example(row=i, prompt="p", target="t", prompt_ids=[5, 6, i + 7], target_ids=[9, 10])
         for i in range(6)
     ]
-    assert strategy.extra_loss(model, 0) is None
-    strategy.after_task(model, 0, examples)
+    assert strategy.extra_loss(model, strategy.stages()[0]) is None
+    strategy.after_stage(model, strategy.stages()[0], examples)
     assert all(value.sum() > 0 for value in strategy.fisher.values())
-    assert strategy.extra_loss(model, 1).item() == 0.0
+    assert strategy.extra_loss(model, strategy.stages()[1]).item() == 0.0
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.requires_grad:
                 parameter.add_(0.1)
-    assert strategy.extra_loss(model, 1).item() > 0.0
+    assert strategy.extra_loss(model, strategy.stages()[1]).item() > 0.0
 
 
 def distance_from_first_task(folder: Path) -> float:

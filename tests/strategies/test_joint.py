@@ -6,7 +6,7 @@ import pytest
 from conftest import rescore_with_stock_peft, write_recipe
 
 from pecft_cli.eval_run import evaluate_run
-from pecft_cli.recipe import load_recipe
+from pecft_cli.recipe_file import load_recipe
 from pecft_cli.runs import read_matrix
 from pecft_cli.train import run
 
@@ -18,8 +18,8 @@ def test_joint_trains_once_on_every_task(tmp_path: Path, tiny_model: Path) -> No
     assert [p.name for p in (folder / "adapters").iterdir()] == ["01-joint"]
     tasks, rows = read_matrix(folder / "eval/matrix.csv")
     assert list(rows) == ["base", "joint"]
-    assert result.state["training"]["joint"]["examples"] == 8 + 6
-    assert result.state["tasks_done"] == ["codes", "yesno"]
+    assert result.state.training["joint"]["examples"] == 8 + 6
+    assert result.state.tasks_done == ["codes", "yesno"]
     assert result.metrics["acc"] == pytest.approx(sum(rows["joint"]) / 2)
     assert result.metrics["bwt"] is None and result.metrics["forgetting"] is None
     assert rescore_with_stock_peft(folder, 1) == rows["joint"]

@@ -9,7 +9,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from pecft_cli.recipe import LoraSection, StrategySection, load_recipe
+from pecft_cli.recipe import LoraSection, StrategySection
+from pecft_cli.recipe_file import load_recipe
 from pecft_cli.strategies import build_strategy
 from pecft_cli.strategies.olora import l2_size, orthogonality
 from pecft_cli.train import run
@@ -22,7 +23,7 @@ def lora_layers(model: PeftModel):
 
 
 def olora(tiny_model: Path, **options):
-    strategy = build_strategy(
+    strategy, _ = build_strategy(
         StrategySection(name="olora", options=options), LORA, ["a", "b", "c"], seed=0
     )
     model = strategy.attach(AutoModelForCausalLM.from_pretrained(tiny_model))
@@ -31,10 +32,10 @@ def olora(tiny_model: Path, **options):
 
 def test_earlier_loras_stay_frozen_and_active(tiny_model: Path) -> None:
     strategy, model = olora(tiny_model)
-    strategy.before_task(model, 0)
+    strategy.before_stage(model, strategy.stages()[0])
     for layer in lora_layers(model):
         torch.nn.init.normal_(layer.lora_B["task01"].weight)
-    strategy.before_task(model, 1)
+    strategy.before_stage(model, strategy.stages()[1])
     before = {n: p.detach().clone() for n, p in model.named_parameters() if ".task01." in n}
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".task02." in n for n in trainable)
@@ -42,7 +43,9 @@ def test_earlier_loras_stay_frozen_and_active(tiny_model: Path) -> None:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
     ids = torch.tensor([[5, 6, 7, 8]])
     for _ in range(3):
-        loss = model(input_ids=ids, labels=ids).loss + strategy.extra_loss(model, 1)
+        loss = model(input_ids=ids, labels=ids).loss + strategy.extra_loss(
+            model, strategy.stages()[1]
+        )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -55,9 +58,9 @@ def test_earlier_loras_stay_frozen_and_active(tiny_model: Path) -> None:
 
 def test_loss_terms_are_computed_as_the_reference_does(tiny_model: Path) -> None:
     strategy, model = olora(tiny_model, lambda1=0.5, lambda2=0.25)
-    strategy.before_task(model, 0)
-    strategy.before_task(model, 1)
-    strategy.before_task(model, 2)
+    strategy.before_stage(model, strategy.stages()[0])
+    strategy.before_stage(model, strategy.stages()[1])
+    strategy.before_stage(model, strategy.stages()[2])
     expected_orth = torch.zeros(())
     expected_l2 = torch.zeros(())
     for layer in lora_layers(model):
@@ -66,7 +69,7 @@ def test_loss_terms_are_computed_as_the_reference_does(tiny_model: Path) -> None
         expected_l2 += a3.pow(2).sum().sqrt() + layer.lora_B["task03"].weight.pow(2).sum().sqrt()
     assert orthogonality(model, 2).item() == pytest.approx(expected_orth.item(), rel=1e-5)
     assert l2_size(model, 2).item() == pytest.approx(expected_l2.item(), rel=1e-5)
-    combined = strategy.extra_loss(model, 2).item()
+    combined = strategy.extra_loss(model, strategy.stages()[2]).item()
     assert combined == pytest.approx(
         0.5 * expected_orth.item() + 0.25 * expected_l2.item(), rel=1e-5
     )
@@ -76,9 +79,11 @@ def test_loss_terms_are_computed_as_the_reference_does(tiny_model: Path) -> None
 def test_per_task_lambdas(tiny_model: Path) -> None:
     strategy, model = olora(tiny_model, lambda1={"default": 0.0, "c": 2.0})
     for index in range(3):
-        strategy.before_task(model, index)
-    assert strategy.extra_loss(model, 1) is None
-    assert strategy.extra_loss(model, 2).item() == pytest.approx(2 * orthogonality(model, 2).item())
+        strategy.before_stage(model, strategy.stages()[index])
+    assert strategy.extra_loss(model, strategy.stages()[1]) is None
+    assert strategy.extra_loss(model, strategy.stages()[2]).item() == pytest.approx(
+        2 * orthogonality(model, 2).item()
+    )
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import rescore_with_stock_peft, write_recipe
 
-from pecft_cli.recipe import load_recipe
+from pecft_cli.recipe_file import load_recipe
 from pecft_cli.runs import read_matrix
 from pecft_cli.strategies import STRATEGIES
 from pecft_cli.train import run
@@ -22,7 +22,7 @@ def test_strategy_runs_on_a_4bit_base(strategy: str, tmp_path: Path, tiny_model_
     )
     result = run(recipe)
     _, rows = read_matrix(result.folder / "eval/matrix.csv")
-    stages = result.state["stages"]
+    stages = result.state.stages
     for number, stage in enumerate(stages, start=1):
         assert rescore_with_stock_peft(result.folder, number) == rows[stage]
 

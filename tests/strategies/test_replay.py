@@ -7,8 +7,8 @@ import pytest
 from pecft_cli.data import Example
 from pecft_cli.errors import PecftError
 from pecft_cli.recipe import LoraSection, StrategySection
+from pecft_cli.replay_buffer import ReplayBuffer
 from pecft_cli.strategies import build_strategy, check_strategy
-from pecft_cli.strategies.replay import Replay
 
 TASKS = ["a", "b", "c"]
 
@@ -20,31 +20,31 @@ def examples(task: str, count: int) -> list[Example]:
     ]
 
 
-def replay(seed: int = 0, **options) -> Replay:
+def replay(seed: int = 0, **options) -> ReplayBuffer:
     section = StrategySection(name="replay", options=options)
-    strategy = build_strategy(section, LoraSection(), TASKS, seed)
-    assert isinstance(strategy, Replay)
-    return strategy
+    _, buffer = build_strategy(section, LoraSection(), TASKS, seed)
+    assert isinstance(buffer, ReplayBuffer)
+    return buffer
 
 
-def stream(strategy: Replay, sizes=(20, 10, 30)) -> list[list[Example]]:
-    """Run the data hooks over three tasks; return what each task trained on."""
+def stream(buffer: ReplayBuffer, sizes=(20, 10, 30)) -> list[list[Example]]:
+    """Mix and remember over three tasks, as the task loop does; return what each trained on."""
     mixes = []
     for index, (task, size) in enumerate(zip(TASKS, sizes, strict=True)):
-        mix = strategy.train_examples(index, examples(task, size))
-        mixes.append(mix)
-        strategy.after_task(None, index, mix)
+        own = examples(task, size)
+        mixes.append(buffer.mix(own))
+        buffer.remember(index, own)
     return mixes
 
 
-def kept(strategy: Replay) -> list[str]:
-    return [example.prompt for _, example in strategy.buffer]
+def kept(buffer: ReplayBuffer) -> list[str]:
+    return [example.prompt for _, example in buffer.kept]
 
 
 def test_balanced_per_task_keeps_the_same_count_of_every_task() -> None:
     strategy = replay(per_task=4)
     mixes = stream(strategy)
-    tasks = [TASKS[task] for task, _ in strategy.buffer]
+    tasks = [TASKS[task] for task, _ in strategy.kept]
     assert tasks == ["a"] * 4 + ["b"] * 4 + ["c"] * 4
     assert len(mixes[0]) == 20 and len(mixes[1]) == 10 + 4 and len(mixes[2]) == 30 + 8
     assert all(example.prompt.startswith("a") for example in mixes[1][10:])
@@ -60,8 +60,8 @@ def test_fraction_keeps_a_share_of_each_task() -> None:
 def test_reservoir_holds_its_size_across_the_stream() -> None:
     strategy = replay(selection="reservoir", size=12)
     stream(strategy)
-    assert len(strategy.buffer) == 12
-    assert len({t for t, _ in strategy.buffer}) >= 2
+    assert len(strategy.kept) == 12
+    assert len({t for t, _ in strategy.kept}) >= 2
 
 
 def test_ratio_sets_the_replayed_share_of_the_mix() -> None:
@@ -105,11 +105,15 @@ def test_replay_combines_with_olora(tiny_model: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     section = StrategySection(name="olora", replay={"per_task": 2})
-    strategy = build_strategy(section, LoraSection(r=2, alpha=4), TASKS, 0)
+    strategy, buffer = build_strategy(section, LoraSection(r=2, alpha=4), TASKS, 0)
+    assert buffer is not None
+    stages = strategy.stages()
     model = strategy.attach(AutoModelForCausalLM.from_pretrained(tiny_model))
-    strategy.before_task(model, 0)
-    mix = strategy.train_examples(0, examples("a", 5))
-    strategy.after_task(model, 0, mix)
-    strategy.before_task(model, 1)
-    assert len(strategy.train_examples(1, examples("b", 5))) == 7
+    strategy.before_stage(model, stages[0])
+    own = examples("a", 5)
+    mix = buffer.mix(own)
+    strategy.after_stage(model, stages[0], mix)
+    buffer.remember(0, own)
+    strategy.before_stage(model, stages[1])
+    assert len(buffer.mix(examples("b", 5))) == 7
     assert list(model.base_model.active_adapters) == ["task01", "task02"]

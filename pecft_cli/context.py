@@ -1,0 +1,50 @@
+"""What every step of a training run needs, built once and handed down as one object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from accelerate import Accelerator
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from pecft_cli import runs
+from pecft_cli.data import TaskData
+from pecft_cli.events import EventCallback
+from pecft_cli.preemption import StopSignals
+from pecft_cli.recipe import Recipe
+from pecft_cli.replay_buffer import ReplayBuffer
+from pecft_cli.strategies.base import Strategy
+
+
+@dataclass
+class RunContext:
+    """The run's parts: its process group, recipe, data, strategy and folder, the state that is
+    written to run.json, and (once set up) the model being trained."""
+
+    accelerator: Accelerator
+    recipe: Recipe
+    tokenizer: PreTrainedTokenizerBase
+    tasks: list[TaskData]
+    strategy: Strategy
+    replay: ReplayBuffer | None
+    folder: runs.RunFolder
+    state: runs.RunState
+    stop: StopSignals
+    on_event: EventCallback
+    trust_remote_code: bool = False
+    model: PeftModel = field(default=None)  # type: ignore[assignment]  # set by setup
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run folder (the only one, or rank 0)."""
+        return self.accelerator.is_main_process
+
+    @property
+    def names(self) -> list[str]:
+        return [task.name for task in self.tasks]
+
+    def save_state(self) -> None:
+        """Write run.json as the run stands (main process only)."""
+        if self.main:
+            runs.write_state(self.folder, self.state)

@@ -11,7 +11,7 @@ place, so a crash mid-write leaves the previous checkpoint, never a torn one; it
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ class Checkpoint:
     """Training state at a step boundary of stage `stage_index` (`step` optimizer steps done;
     0 at a stage boundary, where the stage has not started). `strategy` and `replay` hold the
     strategy's and the replay buffer's memory as it was when the stage started; `rng` every
-    process's random generators, gathered when the checkpoint is written."""
+    process's random generators, which `write_checkpoint` adds."""
 
     stage_index: int
     step: int
@@ -89,10 +89,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def write_checkpoint(
     accelerator: Accelerator, folder: runs.RunFolder, checkpoint: Checkpoint, stage: str | None
 ) -> None:
-    """Collect every process's random generators, then let the main process publish."""
-    checkpoint.rng = gather(accelerator, rng_state())
+    """Add every process's random generators, then let the main process publish."""
+    whole = replace(checkpoint, rng=gather(accelerator, rng_state()))
     if accelerator.is_main_process:
-        save_checkpoint(folder, checkpoint, stage)
+        save_checkpoint(folder, whole, stage)
     accelerator.wait_for_everyone()
 
 

@@ -208,7 +208,6 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     shown = short_text(key.strip(), 80)
     node: Any = raw
     model: Any = Recipe
-    annotation: Any = Recipe
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         here = ".".join(parts[: i + 1])
@@ -220,22 +219,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
                 )
             node = node[index]
             continue
-        fields = (
-            model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else None
-        )
-        if fields is None:
-            if isinstance(node, dict) and last:
-                annotation = Any
-            else:
-                raise PecftError(f"--set {shown}: '{parts[i - 1]}' holds a value, not keys.")
-        elif part not in fields:
-            raise PecftError(
-                f"--set {shown}: unknown key '{short_text(part, 60)}'"
-                f"{did_you_mean(part, list(fields))} "
-                f"Valid keys at {'.'.join(parts[:i]) or 'the top level'}: {', '.join(fields)}."
-            )
-        else:
-            annotation = fields[part].annotation
+        annotation = key_annotation(model, node, parts, i, shown)
         if not isinstance(node, dict):
             raise PecftError(
                 f"--set {shown}: '{'.'.join(parts[:i])}' is not a mapping in the recipe."
@@ -249,6 +233,26 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             node[part] = {}
         node = node[part]
         model = section_type(annotation)
+
+
+def key_annotation(model: Any, node: Any, parts: list[str], i: int, shown: str) -> Any:
+    """The type the schema gives key `parts[i]` under `model`; any value for a free mapping's
+    last key (such as strategy.options.*)."""
+    part, last = parts[i], i == len(parts) - 1
+    fields = (
+        model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else None
+    )
+    if fields is None:
+        if isinstance(node, dict) and last:
+            return Any
+        raise PecftError(f"--set {shown}: '{parts[i - 1]}' holds a value, not keys.")
+    if part not in fields:
+        raise PecftError(
+            f"--set {shown}: unknown key '{short_text(part, 60)}'"
+            f"{did_you_mean(part, list(fields))} "
+            f"Valid keys at {'.'.join(parts[:i]) or 'the top level'}: {', '.join(fields)}."
+        )
+    return fields[part].annotation
 
 
 def list_index(items: list[Any], part: str, where: str) -> int:

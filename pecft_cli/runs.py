@@ -110,12 +110,6 @@ class RunFolder:
         """Task `index`'s own LoRA, for strategies that train one per task: task_loras/01-<task>."""
         return self.root / "task_loras" / f"{index + 1:02d}-{task}"
 
-    def task_loras(self) -> list[Path]:
-        """The task_loras/ folders that hold an adapter, in task order."""
-        folder = self.root / "task_loras"
-        found = sorted(folder.iterdir()) if folder.is_dir() else []
-        return [path for path in found if (path / "adapter_config.json").is_file()]
-
     def predictions(self, stage: str, task: str) -> Path:
         return self.eval.predictions(stage, task)
 
@@ -276,9 +270,7 @@ def sweep_temporaries(root: Path) -> None:
             shutil.rmtree(item) if item.is_dir() else item.unlink(missing_ok=True)
 
 
-def claim_run_folder(
-    root: Path, recipe_text: str, overwrite: bool
-) -> tuple[RunFolder, dict[str, Any] | None]:
+def claim_run_folder(root: Path, recipe_text: str, overwrite: bool) -> RunState | None:
     """Prepare the (locked) output folder: a new run, or the earlier run of the same recipe.
 
     Returns the earlier run's state when it is to be resumed (or is already complete). A folder
@@ -295,7 +287,7 @@ def claim_run_folder(
                 "replace it, or choose another folder with --set output_dir=...."
             )
         sweep_temporaries(root)
-        return folder, state
+        return state
     try:
         for item in contents(root):
             shutil.rmtree(item) if item.is_dir() else item.unlink()
@@ -303,7 +295,7 @@ def claim_run_folder(
             (root / sub).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PecftError(f"output_dir: cannot prepare {root} ({exc.strerror}).") from None
-    return folder, None
+    return None
 
 
 def write_text(path: Path, text: str) -> None:

@@ -94,7 +94,7 @@ def run(
     def claim() -> runs.RunState | None:
         runs.check_output_folder(root)
         lock.acquire()
-        return runs.claim_run_folder(root, text, overwrite)[1]
+        return runs.claim_run_folder(root, text, overwrite)
 
     try:
         previous = on_main(accelerator, claim)

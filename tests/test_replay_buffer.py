@@ -1,4 +1,5 @@
-"""Replay's buffer: what it keeps of each task, how much it mixes in, and that a seed fixes both."""
+"""The replay buffer: what it keeps of each task, how much it mixes in, that a seed fixes both;
+and the strategy section checks that decide whether a run gets one."""
 
 from pathlib import Path
 

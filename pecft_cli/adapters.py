@@ -1,23 +1,40 @@
 """Writing one adapter of a PEFT model as a folder that stock `PeftModel.from_pretrained` loads.
 
 PEFT writes an adapter that is not named `default` into a subfolder of the one it is given;
-pecft's adapter folders hold the files themselves, so the adapter is written to a scratch
-folder beside the target and its files moved in.
+pecft's adapter folders hold the files themselves, so such an adapter is written to a scratch
+folder beside the target and its files moved in. PEFT keeps `target_modules` as a set, so its
+order in adapter_config.json follows the process's string hashing; pecft sorts it, so the same
+seed writes the same bytes in every process.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from peft import PeftModel
 
+CONFIG_FILE = "adapter_config.json"
 
-def save_named_adapter(model: PeftModel, name: str, folder: Path) -> None:
+
+def save_adapter(model: PeftModel, folder: Path, name: str = "default") -> None:
     """Write the adapter `name` of `model` straight into `folder` (which exists)."""
-    with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
-        model.save_pretrained(scratch, selected_adapters=[name])
-        written = Path(scratch) / name if name != "default" else Path(scratch)
-        for item in written.iterdir():
-            shutil.move(str(item), folder / item.name)
+    if name == "default":
+        model.save_pretrained(str(folder))
+    else:
+        with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
+            model.save_pretrained(scratch, selected_adapters=[name])
+            for item in (Path(scratch) / name).iterdir():
+                shutil.move(str(item), folder / item.name)
+    sort_target_modules(folder / CONFIG_FILE)
+
+
+def sort_target_modules(path: Path) -> None:
+    """Rewrite a PEFT adapter config with its target modules in sorted order."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    modules = config.get("target_modules")
+    if isinstance(modules, list) and modules != sorted(modules):
+        config["target_modules"] = sorted(modules)
+        path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")  # as PEFT

@@ -19,7 +19,7 @@ import torch
 from peft import PeftConfig, PeftModel
 
 from pecft_cli import __version__, runs
-from pecft_cli.adapters import save_named_adapter
+from pecft_cli.adapters import save_adapter
 from pecft_cli.artifacts import MERGE_FILE, adapter_config, adapter_run, base_of, is_run
 from pecft_cli.data import load_task
 from pecft_cli.distributed import device
@@ -368,7 +368,7 @@ def write_merged(
         plain.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     else:
-        save_named_adapter(model, name, folder)
+        save_adapter(model, folder, name)
     runs.write_json(folder / MERGE_FILE, record)
 
 

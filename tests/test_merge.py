@@ -262,7 +262,7 @@ def test_a_failed_write_leaves_no_partial_folder(
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(merge_module, "save_named_adapter", disk_full)
+    monkeypatch.setattr(merge_module, "save_adapter", disk_full)
     with pytest.raises(OSError):
         merge_adapters([olora_run], out, MergeOptions(method="svd", force=True))
     assert snapshot(tmp_path) == before

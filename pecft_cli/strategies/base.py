@@ -27,6 +27,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
+from pecft_cli.adapters import save_adapter
 from pecft_cli.data import Example
 from pecft_cli.recipe import LoraSection, Section
 from pecft_cli.replay_buffer import ReplayOptions
@@ -102,7 +103,7 @@ class Strategy:
 
     def save_adapter(self, model: PeftModel, stage: Stage, folder: Path) -> None:
         """Write the model after `stage` into `folder` as one adapter that stock PEFT loads."""
-        model.save_pretrained(str(folder))
+        save_adapter(model, folder)
 
     def save_extras(self, model: PeftModel, stage: Stage, run: RunFolder) -> None:
         """Write what else the strategy keeps in the run folder after `stage`."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from peft import PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from pecft_cli.adapters import save_named_adapter
+from pecft_cli.adapters import save_adapter
 from pecft_cli.recipe import LoraSection
 from pecft_cli.strategies.base import lora_config
 
@@ -49,7 +49,7 @@ def save_stack(model: PeftModel, index: int, folder: Path) -> None:
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     model.add_weighted_adapter(names, [1.0] * len(names), EXPORT, combination_type="cat")
     try:
-        save_named_adapter(model, EXPORT, folder)
+        save_adapter(model, folder, EXPORT)
     finally:
         model.delete_adapter(EXPORT)
         model.base_model.set_adapter(active)
@@ -59,4 +59,4 @@ def save_stack(model: PeftModel, index: int, folder: Path) -> None:
 
 def save_own(model: PeftModel, index: int, folder: Path) -> None:
     """Write task `index`'s own LoRA alone (for merging), as a stock PEFT adapter."""
-    save_named_adapter(model, task_adapter(index), folder)
+    save_adapter(model, folder, task_adapter(index))

@@ -65,7 +65,8 @@ def test_two_cpu_ranks_from_the_launcher_train_what_one_process_does(
         other = load_file(two / "adapters" / adapter.name / "adapter_model.safetensors")
         assert one.keys() == other.keys()
         for key in one:
-            torch.testing.assert_close(other[key], one[key], atol=1e-5, rtol=1e-4)
+            # float sums in another order: 1.3e-5 seen on an AMD EPYC, under 1e-5 on a Xeon
+            torch.testing.assert_close(other[key], one[key], atol=5e-5, rtol=1e-4)
     assert (two / "eval/matrix.csv").read_text() == (single.folder / "eval/matrix.csv").read_text()
     for predictions in (single.folder / "eval/predictions").rglob("*.jsonl"):
         relative = predictions.relative_to(single.folder)

@@ -21,8 +21,8 @@ CONFIG_FILE = "adapter_config.json"
 
 def save_adapter(model: PeftModel, folder: Path, name: str = "default") -> None:
     """Write the adapter `name` of `model` straight into `folder` (which exists)."""
-    if name == "default":
-        model.save_pretrained(str(folder))
+    if name == "default":  # PEFT writes it into the folder itself; others it leaves out
+        model.save_pretrained(str(folder), selected_adapters=[name])
     else:
         with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
             model.save_pretrained(scratch, selected_adapters=[name])

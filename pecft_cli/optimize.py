@@ -32,7 +32,7 @@ from pecft_cli.distributed import reduce_sum, sum_gradients
 from pecft_cli.dropout import DropoutPlan, example_keys
 from pecft_cli.dropout import install as install_dropout
 from pecft_cli.errors import Diverged, PecftError, Preempted
-from pecft_cli.loss import answer_loss, packs_sequences
+from pecft_cli.loss import answer_logits, cross_entropy, packs_sequences
 from pecft_cli.recipe import TrainingSection
 from pecft_cli.strategies.base import Stage
 
@@ -153,19 +153,26 @@ class StageTrainer:
         positions = list(range(rank, rank + world * len(share), world))
         keys = example_keys(self.plan.seed, step, micro, positions)
         lengths = [len(f["input_ids"]) for f in share]
+        strategy, stage = self.ctx.strategy, self.plan.stage
         with self.dropout.examples(keys, lengths, packed=self.pad_id is None):
-            loss = torch.zeros((), device=accelerator.device)
+            loss, term = torch.zeros((), device=accelerator.device), None
             if share:
-                loss = answer_loss(self.model, share, self.pad_id)
-                loss = loss * (targets / global_targets)
+                batch = answer_logits(self.model, share, self.pad_id)
+                loss = cross_entropy(batch) * (targets / global_targets)
                 self.window.tokens += sum(lengths)
-            extra = self.ctx.strategy.extra_loss(self.model, self.plan.stage)
+                term = strategy.batch_loss(self.model, stage, batch)
+            extra = strategy.extra_loss(self.model, stage)
             total_loss = loss if extra is None else loss + extra / world
+            if term is not None:
+                term = term / global_targets
+                total_loss = total_loss + term
             if total_loss.requires_grad:
                 (total_loss / settings.grad_accum).backward()
         self.window.loss += loss.item() / settings.grad_accum
         if extra is not None:
             self.window.extra = (self.window.extra or 0.0) + extra.item() / settings.grad_accum
+        if term is not None:
+            self.window.batch_term += term.item() / settings.grad_accum
 
     def log(self, step: int) -> None:
         """One line of logs/train.jsonl: the means over the steps since the last line."""
@@ -184,6 +191,9 @@ class StageTrainer:
         }
         if self.window.extra is not None:
             entry["extra_loss"] = round(self.window.extra / logged, 5)
+        name = self.ctx.strategy.batch_loss_name
+        if name is not None:  # every process has the name, so every one joins the sum
+            entry[name] = round(reduce_sum(accelerator, self.window.batch_term) / logged, 5)
         self.progress["losses"].append(entry["loss"])
         self.progress["tokens"] += int(tokens)
         if self.ctx.main:
@@ -231,11 +241,12 @@ class Window:
 
     loss: float = 0.0
     extra: float | None = None
+    batch_term: float = 0.0
     tokens: int = 0
     start: float = 0.0
 
     def restart(self) -> None:
-        self.loss, self.extra, self.tokens = 0.0, None, 0
+        self.loss, self.extra, self.batch_term, self.tokens = 0.0, None, 0.0, 0
         self.start = time.perf_counter()
 
 

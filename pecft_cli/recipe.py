@@ -91,7 +91,7 @@ class StrategySection(Section):
     name: str = "seq"
     options: dict[str, Any] = {}
     replay: dict[str, Any] | None = Field(
-        None, description="replay options, to combine replay with seq, inclora or olora"
+        None, description="replay options, to add a replay buffer to any strategy that takes one"
     )
 
 

@@ -25,6 +25,7 @@ STRATEGIES = {
     "seq": {"name": "seq"},
     "olora+replay": {"name": "olora", "replay": {"per_task": 3, "ratio": 0.5}},
     "ewc": {"name": "ewc", "options": {"fisher_examples": 4}},
+    "lwf": {"name": "lwf"},
 }
 
 

@@ -17,6 +17,7 @@ from pecft_cli.strategies.base import Strategy
 from pecft_cli.strategies.ewc import Ewc
 from pecft_cli.strategies.inclora import IncrementalLora
 from pecft_cli.strategies.joint import Joint
+from pecft_cli.strategies.lwf import Lwf
 from pecft_cli.strategies.olora import OLora
 from pecft_cli.strategies.replay import Replay
 from pecft_cli.strategies.seq import Sequential
@@ -28,6 +29,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "replay": Replay,
     "joint": Joint,
     "ewc": Ewc,
+    "lwf": Lwf,
 }
 
 

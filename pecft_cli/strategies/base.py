@@ -8,6 +8,7 @@ module overrides only what it changes and the loop never branches on a strategy'
     for stage in stages():
         before_stage(model, stage)
         extra_loss(model, stage)                   at every step, added to the answer loss
+        batch_loss(model, stage, batch)            at every micro-batch, a data term on it
         after_stage(model, stage, examples)
         save_adapter(model, stage, folder)         adapters/NN-<stage>, for stock PEFT
         save_extras(model, stage, run)             anything else, in the run folder
@@ -29,6 +30,7 @@ from transformers import PreTrainedModel
 
 from pecft_cli.adapters import save_adapter
 from pecft_cli.data import Example
+from pecft_cli.loss import AnswerBatch
 from pecft_cli.recipe import LoraSection, Section
 from pecft_cli.replay_buffer import ReplayOptions
 from pecft_cli.runs import RunFolder
@@ -64,6 +66,7 @@ class Strategy:
 
     Options: ClassVar[type[Section]] = NoOptions
     takes_replay: ClassVar[bool] = True  # whether `strategy.replay` may add a replay buffer
+    batch_loss_name: ClassVar[str | None] = None  # the log key of `batch_loss`, when it has one
 
     def __init__(self, options: Section, lora: LoraSection, tasks: list[str], seed: int) -> None:
         self.options = options
@@ -96,6 +99,12 @@ class Strategy:
 
     def extra_loss(self, model: PeftModel, stage: Stage) -> torch.Tensor | None:
         """A term added to the answer loss at every step of `stage`, or None."""
+        return None
+
+    def batch_loss(self, model: PeftModel, stage: Stage, batch: AnswerBatch) -> torch.Tensor | None:
+        """A term on this process's share of a micro-batch, summed over its answer tokens (the
+        loop divides it by the global batch's answer tokens, as it does the cross-entropy), or
+        None. `batch.logits` are the model's, with their graph, at the answer positions."""
         return None
 
     def after_stage(self, model: PeftModel, stage: Stage, examples: list[Example]) -> None:

@@ -129,7 +129,9 @@ def outcome(scratch: Path, failures: dict[int, Any], processes: int) -> int:
         return codes.get(0, 0)
     silent = sorted(rank for rank in failures if rank not in codes)
     if silent:
-        rank = silent[0]
+        # A process the agent asked to stop (it records that) did not die first.
+        stopped = {rank for rank, _ in records(scratch, "stopped")}
+        rank = ([r for r in silent if r not in stopped] or silent)[0]
         raise RankDied(rank, failures[rank].exitcode, processes)
     tracebacks = dict(records(scratch, "traceback"))
     first = tracebacks.get(0) or next(iter(tracebacks.values()), None)
@@ -161,6 +163,14 @@ def record_exit(code: object) -> None:
     if folder is not None:
         value = code if isinstance(code, int) else (0 if code is None else 1)
         (folder / f"rank{launched_rank()}.exit").write_text(str(value))
+
+
+def record_stop() -> None:
+    """Tell a relaunching parent this process was asked to stop: when one process dies, the
+    launcher's agent stops the others, which may then end without an exit code of their own."""
+    folder = under_relaunch()
+    if folder is not None:
+        (folder / f"rank{launched_rank()}.stopped").touch()
 
 
 def record_failure() -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from pecft_cli.distributed import reduce_sum
+from pecft_cli.launch import record_stop
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -34,6 +35,7 @@ class StopSignals:
 
     def handle(self, number: int, frame: Any) -> None:
         self.flag = True
+        record_stop()
 
     def requested(self, accelerator: Accelerator) -> bool:
         """Whether any process was asked to stop (every process gets the same answer)."""

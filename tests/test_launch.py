@@ -19,8 +19,8 @@ from conftest import write_recipe
 from safetensors.torch import load_file
 
 from pecft_cli.distributed import check_processes
-from pecft_cli.errors import PecftError
-from pecft_cli.launch import drop_option, launch_command
+from pecft_cli.errors import PecftError, RankDied
+from pecft_cli.launch import drop_option, launch_command, outcome
 from pecft_cli.recipe_file import load_recipe
 from pecft_cli.train import run
 
@@ -209,3 +209,17 @@ def test_a_killed_rank_is_named_with_exit_4_and_the_same_command_resumes(
     assert state["status"] == "completed" and len(state["resumed_at"]) == 1
     assert f"codes step {saved['step'] + 1}/60" in again.stderr
     assert f"codes step {saved['step']}/60" not in again.stderr  # trained before, not again
+
+
+def test_the_process_that_died_is_named_not_one_the_agent_stopped(tmp_path: Path) -> None:
+    """When one rank is killed, the launcher's agent stops the rest; a rank it stopped may end
+    without an exit record too, but it recorded the stop request, so it is not the one named."""
+    failures = {0: SimpleNamespace(exitcode=-9), 1: SimpleNamespace(exitcode=-9)}
+    (tmp_path / "rank0.stopped").touch()
+    with pytest.raises(RankDied) as died:
+        outcome(tmp_path, failures, 2)
+    assert died.value.rank == 1
+    (tmp_path / "rank0.stopped").unlink()
+    with pytest.raises(RankDied) as died:
+        outcome(tmp_path, failures, 2)
+    assert died.value.rank == 0

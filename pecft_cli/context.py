@@ -14,13 +14,14 @@ from pecft_cli.events import EventCallback
 from pecft_cli.preemption import StopSignals
 from pecft_cli.recipe import Recipe
 from pecft_cli.replay_buffer import ReplayBuffer
+from pecft_cli.routing import Router
 from pecft_cli.strategies.base import Strategy
 
 
 @dataclass
 class RunContext:
-    """The run's parts: its process group, recipe, data, strategy and folder, the state that is
-    written to run.json, and (once set up) the model being trained."""
+    """The run's parts: its process group, recipe, data, strategy (with its replay buffer and
+    router, if any) and folder, the state written to run.json, and (once set up) the model."""
 
     accelerator: Accelerator
     recipe: Recipe
@@ -33,6 +34,7 @@ class RunContext:
     stop: StopSignals
     on_event: EventCallback
     trust_remote_code: bool = False
+    router: Router | None = None
     model: PeftModel = field(default=None)  # type: ignore[assignment]  # set by setup
 
     @property

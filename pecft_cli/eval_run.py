@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from peft import PeftModel
 
 from pecft_cli import runs
 from pecft_cli.artifacts import adapter_config, adapter_error
-from pecft_cli.data import load_task, read_local
+from pecft_cli.data import TaskData, load_task, read_local
 from pecft_cli.distributed import on_main, process_group, score_shared
 from pecft_cli.errors import PecftError
 from pecft_cli.evaluate import TaskScore
@@ -28,6 +29,7 @@ from pecft_cli.model import load_model, load_tokenizer
 from pecft_cli.plot import save_heatmap
 from pecft_cli.recipe import Recipe, TaskSection
 from pecft_cli.recipe_file import load_recipe
+from pecft_cli.routing import Router, embed, score_routed
 
 
 @dataclass
@@ -92,6 +94,14 @@ class Evaluation:
     task_names: list[str]
     stage_names: list[str]
     extras: list[TaskSection]
+    router: Router | None = None
+
+    def router_at(self, stage: str) -> Router | None:
+        """The router as it stood after `stage`: the prototypes of the tasks trained by then."""
+        if self.router is None or stage == runs.BASE:
+            return None
+        count = self.run.state.planned_stages.index(stage) + 1
+        return Router(self.router.tasks[:count], self.router.prototypes[:count])
 
     def settings(self) -> dict[str, Any]:
         """What makes two evaluations the same, so the second may resume the first's cells."""
@@ -136,10 +146,14 @@ def evaluate_run(
         todo = [task for task in scored if not progress.done(stage, task.name)]
         if not todo:
             continue
-        model = stage_model(model, stage, adapters.get(stage))
+        if evaluation.router_at(stage) is None:
+            model = stage_model(model, stage, adapters.get(stage))
+        else:
+            model = routed_model(model, evaluation, stage)
+        score = cell_scorer(accelerator, model, tokenizer, evaluation, stage)
         for task in todo:
             started_cell = time.perf_counter()
-            result = score_shared(accelerator, model, tokenizer, task, recipe.evaluation)
+            result = score(task)
             progress.record(stage, task.name, result)
             on_event("eval", result.event(stage, time.perf_counter() - started_cell))
     if not main:
@@ -167,7 +181,63 @@ def plan(run_dir: Path, options: EvalOptions) -> Evaluation:
     extras: list[TaskSection] = []
     for path in options.data:
         extras.append(extra_task(path.resolve(), saved.tasks + [t.name for t in extras]))
-    return Evaluation(saved, recipe, out, task_names, stage_names, extras)
+    router = None if recipe.strategy.routing == "none" else run_router(saved)
+    return Evaluation(saved, recipe, out, task_names, stage_names, extras, router)
+
+
+def run_router(saved: runs.SavedRun) -> Router:
+    """The router a routed run saved, checked against the stages whose adapters it has."""
+    router = Router.load(saved.folder.router)
+    planned = saved.state.planned_stages
+    trained = list(saved.adapters)
+    if router.tasks != planned[: len(router.tasks)] or len(router.tasks) < len(trained):
+        known = ", ".join(router.tasks) or "(none)"
+        raise PecftError(
+            f"{saved.folder.router}: the router knows the tasks {known} but the run has adapters "
+            f"for {', '.join(trained)}; it does not belong to these adapters. Train the run "
+            "again, or evaluate it with strategy.routing removed."
+        )
+    return router
+
+
+def routed_model(model: Any, evaluation: Evaluation, stage: str) -> PeftModel:
+    """The base with the adapter of every stage up to `stage`, each under its own name, for a
+    router to choose between input by input."""
+    base = model.unload() if isinstance(model, PeftModel) else model
+    planned, adapters = evaluation.run.state.planned_stages, evaluation.run.adapters
+    names = planned[: planned.index(stage) + 1]
+    try:
+        routed = PeftModel.from_pretrained(base, adapters[names[0]], adapter_name=served(0))
+        for index, name in enumerate(names[1:], start=1):
+            routed.load_adapter(adapters[name], adapter_name=served(index))
+    except Exception as exc:
+        raise adapter_error(evaluation.run.folder.root / "adapters", exc) from None
+    return routed
+
+
+def served(index: int) -> str:
+    """The PEFT adapter name of the stage at `index` in a routed model."""
+    return f"stage{index + 1:02d}"
+
+
+def cell_scorer(
+    accelerator: Any, model: Any, tokenizer: Any, evaluation: Evaluation, stage: str
+) -> Callable[[TaskData], TaskScore]:
+    """How one task is scored at `stage`: by the stage's model, or routed input by input."""
+
+    def plain(task: TaskData) -> TaskScore:
+        return score_shared(accelerator, model, tokenizer, task, evaluation.recipe.evaluation)
+
+    router = evaluation.router_at(stage)
+    if router is None:
+        return plain
+
+    def routed(task: TaskData) -> TaskScore:
+        vectors = embed(model, [e.prompt_ids for e in task.eval], tokenizer.pad_token_id)
+        serve = lambda target: model.set_adapter(served(target))  # noqa: E731
+        return score_routed(plain, task, router.route(vectors), serve, router.tasks)
+
+    return routed
 
 
 def default_out(saved: runs.SavedRun, recipe: Recipe, limit: int | None) -> runs.EvalFolder:

@@ -93,6 +93,11 @@ class StrategySection(Section):
     replay: dict[str, Any] | None = Field(
         None, description="replay options, to add a replay buffer to any strategy that takes one"
     )
+    routing: Literal["none", "prototype"] = Field(
+        "none",
+        description="prototype: serve each input with the LoRA of the task its prompt is nearest "
+        "to (strategies with a LoRA per task)",
+    )
 
 
 class TrainingSection(Section):

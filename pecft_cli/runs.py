@@ -119,6 +119,11 @@ class RunFolder:
         return self.root / "replay" / "buffer.jsonl"
 
     @property
+    def router(self) -> Path:
+        """The prototype router (strategy.routing), as it stands after the latest stage."""
+        return self.root / "router"
+
+    @property
     def checkpoint(self) -> Path:
         """Resumable training state, while a run is unfinished: checkpoint/."""
         return self.root / "checkpoint"
@@ -392,7 +397,9 @@ class RunState:
     """run.json: what a run is, how far it got and how it ended, typed.
 
     `status` is running, completed, failed, interrupted, preempted, diverged or process_died;
-    `training` holds each trained stage's summary (steps, tokens, losses, seconds).
+    `training` holds each trained stage's summary (steps, tokens, losses, seconds);
+    `routing_accuracy`, with a router, the share of each row's inputs of trained tasks that it
+    sent to their own task's LoRA.
     """
 
     name: str
@@ -415,6 +422,7 @@ class RunState:
     processes: int | None = None
     dtype: str | None = None
     peak_memory_mb: dict[str, float] | None = None
+    routing_accuracy: dict[str, float] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     pecft_version: str = __version__
 

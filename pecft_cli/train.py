@@ -37,8 +37,10 @@ from pecft_cli.checkpoint import (
     write_checkpoint,
 )
 from pecft_cli.context import RunContext
+from pecft_cli.data import TaskData
 from pecft_cli.distributed import cuda_devices, on_main, process_group, score_shared
 from pecft_cli.errors import Diverged, PecftError, Preempted, bounded
+from pecft_cli.evaluate import TaskScore
 from pecft_cli.events import EventCallback, ignore
 from pecft_cli.metrics import stage_metrics
 from pecft_cli.model import load_model, load_tokenizer
@@ -48,6 +50,7 @@ from pecft_cli.preemption import StopSignals
 from pecft_cli.preflight import preflight
 from pecft_cli.recipe import Recipe, output_dir
 from pecft_cli.recipe_file import dump_recipe
+from pecft_cli.routing import PROTOTYPE_EXAMPLES, Router, embed, routed_correctly, score_routed
 from pecft_cli.strategies import build_strategy, strategy_label
 from pecft_cli.strategies.base import Stage
 
@@ -129,6 +132,7 @@ def run(
                 stop=stop,
                 on_event=on_event,
                 trust_remote_code=trust_remote_code,
+                router=Router() if recipe.strategy.routing == "prototype" else None,
             )
             return TaskLoop(ctx, started).run()
     finally:
@@ -144,6 +148,7 @@ class TaskLoop:
         self.stages: list[Stage] = []
         self.matrix: Matrix = {}
         self.checkpoint: Checkpoint | None = None
+        self.eval_vectors: dict[str, torch.Tensor] = {}  # routing: eval prompts' embeddings
 
     def run(self) -> TrainResult:
         """setup, resume, train, complete; a failure is recorded in run.json, then re-raised."""
@@ -204,6 +209,8 @@ class TaskLoop:
             summary = checkpoint.progress.get("summary")
             ctx.state.training.setdefault(finished[-1].name, summary)
         ctx.strategy.resume(ctx.model, finished, checkpoint.strategy)
+        for stage in finished:
+            self.learn_routes(stage)
         if ctx.replay is not None:
             ctx.replay.load_state_dict(checkpoint.replay)
         if ctx.main:
@@ -220,6 +227,7 @@ class TaskLoop:
         ctx = self.ctx
         for stage in self.stages[first:]:
             summary = self.train_stage(stage)
+            self.learn_routes(stage)
             self.save_stage(stage)
             ctx.state.training[stage.name] = summary
             ctx.state.timings.train_seconds[stage.name] = summary["seconds"]
@@ -272,6 +280,8 @@ class TaskLoop:
             ctx.strategy.save_extras(ctx.model, stage, ctx.folder)
             if ctx.replay is not None:
                 ctx.replay.save(ctx.folder, [stage.name for stage in self.stages])
+            if ctx.router is not None:
+                runs.write_folder(ctx.folder.router, ctx.router.save)
 
     def write_boundary(self, stage: Stage, summary: dict[str, Any]) -> None:
         """The checkpoint between this stage and the next: what a resume continues from."""
@@ -297,7 +307,8 @@ class TaskLoop:
         ctx.save_state()
 
     def score_row(self, stage: str) -> list[float | None]:
-        """Score every task with the model as it stands; one row of the matrix.
+        """Score every task with the model as it stands (or, with a router, as it routes each
+        input); one row of the matrix.
 
         Each process scores its share of the batches; scoring draws no random numbers that
         training would see, so a resumed run trains on as an uninterrupted one does.
@@ -305,11 +316,11 @@ class TaskLoop:
         ctx = self.ctx
         started = time.perf_counter()
         row: list[float | None] = []
+        routed = [0, 0]  # inputs of trained tasks: sent to their own task's LoRA, all
         with torch.random.fork_rng(devices=cuda_devices(ctx.accelerator)):
             for task in ctx.tasks:
                 task_started = time.perf_counter()
-                evaluation = ctx.recipe.evaluation
-                result = score_shared(ctx.accelerator, ctx.model, ctx.tokenizer, task, evaluation)
+                result = self.score_task(task, stage, routed)
                 if ctx.main:
                     runs.write_jsonl(ctx.folder.predictions(stage, task.name), result.predictions)
                 ctx.on_event("eval", result.event(stage, time.perf_counter() - task_started))
@@ -317,7 +328,46 @@ class TaskLoop:
                 if ctx.stop.requested(ctx.accelerator):
                     raise Preempted(f"stopped while scoring after {stage}")
         ctx.state.timings.eval_seconds[stage] = round(time.perf_counter() - started, 2)
+        if routed[1]:
+            ctx.state.routing_accuracy[stage] = round(routed[0] / routed[1], 6)
         return row
+
+    def score_task(self, task: TaskData, stage: str, routed: list[int]) -> TaskScore:
+        """One task at one row: routed when the run has a router and this is no base row."""
+        ctx = self.ctx
+        score = partial(score_shared, ctx.accelerator, ctx.model, ctx.tokenizer)
+
+        def plain(data: TaskData) -> TaskScore:
+            return score(data, ctx.recipe.evaluation)
+
+        router = ctx.router
+        if router is None or stage == runs.BASE:
+            return plain(task)
+        if task.name not in self.eval_vectors:
+            prompts = [example.prompt_ids for example in task.eval]
+            self.eval_vectors[task.name] = embed(ctx.model, prompts, ctx.tokenizer.pad_token_id)
+        routes = router.route(self.eval_vectors[task.name])
+        if task.name in router.tasks:
+            routed[0] += routed_correctly(task.name, routes, router.tasks)
+            routed[1] += len(routes)
+        stage_of = {self.ctx.names[i]: s for s in self.stages for i in s.tasks}
+
+        def serve(target: int) -> None:
+            ctx.strategy.serve(ctx.model, stage_of[router.tasks[target]])
+
+        try:
+            return score_routed(plain, task, routes, serve, router.tasks)
+        finally:
+            ctx.strategy.serve(ctx.model, None)
+
+    def learn_routes(self, stage: Stage) -> None:
+        """Add the prototypes of the stage's tasks to the router, if the run has one."""
+        ctx = self.ctx
+        if ctx.router is None:
+            return
+        for i in stage.tasks:
+            prompts = [example.prompt_ids for example in ctx.tasks[i].train[:PROTOTYPE_EXAMPLES]]
+            ctx.router.add(ctx.names[i], embed(ctx.model, prompts, ctx.tokenizer.pad_token_id))
 
     def write_matrix(self) -> None:
         """The matrix as it stands: the CSV contract and its heatmap (main process only)."""

@@ -65,6 +65,12 @@ def build_options(section: StrategySection) -> tuple[Section, ReplayOptions | No
     strategy = strategy_class(section.name)
     options = validate("strategy.options", strategy.Options, section.options)
     own = strategy.replay_options(options)
+    if section.routing != "none" and not strategy.routes:
+        routed = ", ".join(name for name, kind in STRATEGIES.items() if kind.routes)
+        raise PecftError(
+            f"strategy.routing: '{section.name}' trains one LoRA for every task, so there is "
+            f"nothing to route between; routing works with a LoRA per task: {routed}."
+        )
     if section.replay is None:
         return options, own
     combines = ", ".join(replay_combines())
@@ -111,5 +117,7 @@ def build_strategy(
 
 
 def strategy_label(section: StrategySection) -> str:
-    """The strategy as reports name it: `olora+replay` when replay is added to another."""
-    return section.name + ("+replay" if section.replay is not None else "")
+    """The strategy as reports name it: `olora+replay` when replay is added to another,
+    `+routing` when a router serves each input."""
+    replay = "+replay" if section.replay is not None else ""
+    return section.name + replay + ("+routing" if section.routing != "none" else "")

@@ -12,6 +12,7 @@ module overrides only what it changes and the loop never branches on a strategy'
         after_stage(model, stage, examples)
         save_adapter(model, stage, folder)         adapters/NN-<stage>, for stock PEFT
         save_extras(model, stage, run)             anything else, in the run folder
+        serve(model, earlier stage or None)        routing only: answer as after that stage
         state_dict()                               into the checkpoint
 
 Replay is not a strategy hook: any strategy takes a replay buffer (`pecft_cli.replay_buffer`),
@@ -67,6 +68,7 @@ class Strategy:
     Options: ClassVar[type[Section]] = NoOptions
     takes_replay: ClassVar[bool] = True  # whether `strategy.replay` may add a replay buffer
     batch_loss_name: ClassVar[str | None] = None  # the log key of `batch_loss`, when it has one
+    routes: ClassVar[bool] = False  # whether it keeps a LoRA per task that a router can choose
 
     def __init__(self, options: Section, lora: LoraSection, tasks: list[str], seed: int) -> None:
         self.options = options
@@ -109,6 +111,10 @@ class Strategy:
 
     def after_stage(self, model: PeftModel, stage: Stage, examples: list[Example]) -> None:
         """Called after `stage` trained on `examples`, before its adapter is saved."""
+
+    def serve(self, model: PeftModel, stage: Stage | None) -> None:
+        """Routing only: make the model answer as it did right after `stage`, or, with None, as
+        it stands after the latest stage (how training left it)."""
 
     def save_adapter(self, model: PeftModel, stage: Stage, folder: Path) -> None:
         """Write the model after `stage` into `folder` as one adapter that stock PEFT loads."""

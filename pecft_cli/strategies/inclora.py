@@ -17,6 +17,12 @@ from pecft_cli.strategies.base import Stage, Strategy
 class IncrementalLora(Strategy):
     """Each task trains its own LoRA on top of the frozen stack of the earlier ones."""
 
+    routes = True  # the stack after task j is the model after task j, whatever came later
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.latest = 0
+
     def attach(self, model: PreTrainedModel) -> PeftModel:
         return stacked.attach_stack(model, self.lora)
 
@@ -24,10 +30,19 @@ class IncrementalLora(Strategy):
         """Add back the LoRA of every finished task; the checkpoint then fills their weights."""
         for stage in finished:
             stacked.start_task(model, stage.index, self.lora)
+            self.latest = stage.index
         self.load_state_dict(state)
 
     def before_stage(self, model: PeftModel, stage: Stage) -> None:
         stacked.start_task(model, stage.index, self.lora)
+        self.latest = stage.index
+
+    def serve(self, model: PeftModel, stage: Stage | None) -> None:
+        """The stack of tasks up to `stage` active; None restores the latest stage's setup."""
+        if stage is None:
+            stacked.start_task(model, self.latest, self.lora)
+        else:
+            model.base_model.set_adapter([stacked.task_adapter(i) for i in range(stage.index + 1)])
 
     def save_adapter(self, model: PeftModel, stage: Stage, folder: Path) -> None:
         stacked.save_stack(model, stage.index, folder)

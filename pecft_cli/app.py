@@ -28,7 +28,13 @@ from pecft_cli.console import TrainProgress, err, out
 from pecft_cli.errors import Diverged, PecftError, Preempted, RankDied, bounded, short, short_text
 from pecft_cli.launch import launched_rank
 from pecft_cli.runs import Timings
-from pecft_cli.tables import comparison_table, matrix_table, merges_table, metrics_table
+from pecft_cli.tables import (
+    comparison_table,
+    matrix_table,
+    merges_table,
+    metrics_table,
+    routing_table,
+)
 
 app = typer.Typer(
     name="pecft",
@@ -283,6 +289,8 @@ def train(
     if result.already_complete:
         err.print(f"{result.folder}: this run is already complete; nothing to do.", highlight=False)
     show_results(result.tasks, result.matrix, result.metrics)
+    if result.state.routing_accuracy:
+        out.print(routing_table(result.state.routing_accuracy))
     timings = time_split(result.state.timings)
     out.print(f"run folder: {result.folder} ({timings})", highlight=False)
 
@@ -393,6 +401,8 @@ def report(
             print_json(one.folder, one.tasks, one.matrix, one.metrics, merges=one.merges)
             return
         show_results(one.tasks, one.matrix, one.metrics)
+        if one.run.state.routing_accuracy:
+            out.print(routing_table(one.run.state.routing_accuracy))
         if one.merges:
             out.print(merges_table(one.tasks, one.last_stage(), one.merges))
         return

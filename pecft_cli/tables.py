@@ -97,3 +97,12 @@ def comparison_table(summaries: list[dict[str, Any]]) -> Table:
             "-" if wall is None else f"{wall:.0f}s",
         )
     return table
+
+
+def routing_table(accuracy: dict[str, float]) -> Table:
+    """How often the router sent a trained task's input to that task's LoRA, per stage."""
+    table = Table(title="Routing accuracy (%)", caption="inputs of the tasks trained so far")
+    for stage in accuracy:
+        table.add_column(stage, justify="right")
+    table.add_row(*(percent(value) for value in accuracy.values()))
+    return table

@@ -200,3 +200,12 @@ def rescore_with_stock_peft(run: Path, stage: int) -> list[float]:
         score_task(model, tokenizer, task, recipe.evaluation).score
         for task in preflight(recipe, tokenizer).tasks
     ]
+
+
+def distance_from_first_task(run: Path) -> float:
+    """Squared distance between a two-task run's adapters: how far the second task moved it."""
+    from safetensors.torch import load_file
+
+    first = load_file(run / "adapters/01-codes/adapter_model.safetensors")
+    second = load_file(run / "adapters/02-yesno/adapter_model.safetensors")
+    return sum((second[key] - first[key]).pow(2).sum().item() for key in first)

@@ -110,3 +110,9 @@ def test_a_router_that_does_not_match_the_adapters_is_refused(
     assert result.exit_code == 2
     assert "does not belong to these adapters" in " ".join(result.output.split())
     assert snapshot(copy) == before
+
+
+def test_report_shows_the_routing_accuracy(routed_run: Path) -> None:
+    result = invoke("report", routed_run)
+    assert result.exit_code == 0, result.output
+    assert "Routing accuracy (%)" in result.output

@@ -4,8 +4,7 @@ that keeps the weights nearer to where the first task left them than plain seq d
 from pathlib import Path
 
 import torch
-from conftest import write_recipe
-from safetensors.torch import load_file
+from conftest import distance_from_first_task, write_recipe
 from transformers import AutoModelForCausalLM
 
 from pecft_cli.data import Example
@@ -35,12 +34,6 @@ def test_penalty_is_zero_at_the_anchor_and_grows_away_from_it(tiny_model: Path) 
             if parameter.requires_grad:
                 parameter.add_(0.1)
     assert strategy.extra_loss(model, strategy.stages()[1]).item() > 0.0
-
-
-def distance_from_first_task(folder: Path) -> float:
-    first = load_file(folder / "adapters/01-codes/adapter_model.safetensors")
-    second = load_file(folder / "adapters/02-yesno/adapter_model.safetensors")
-    return sum((second[key] - first[key]).pow(2).sum().item() for key in first)
 
 
 def test_ewc_keeps_the_weights_nearer_the_first_task_than_seq(

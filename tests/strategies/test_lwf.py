@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import rescore_with_stock_peft, write_recipe
-from safetensors.torch import load_file
+from conftest import distance_from_first_task, rescore_with_stock_peft, write_recipe
 from transformers import AutoModelForCausalLM
 
 from pecft_cli.data import Example, training_features
@@ -76,12 +75,6 @@ def test_the_weight_and_temperature_scale_the_term(tiny_model: Path) -> None:
     three = term(strategy, model, 1).item()
     strategy.options.weight = 1.0
     assert term(strategy, model, 1).item() == pytest.approx(three / 3, rel=1e-5)
-
-
-def distance_from_first_task(folder: Path) -> float:
-    first = load_file(folder / "adapters/01-codes/adapter_model.safetensors")
-    second = load_file(folder / "adapters/02-yesno/adapter_model.safetensors")
-    return sum((second[key] - first[key]).pow(2).sum().item() for key in first)
 
 
 def test_lwf_keeps_the_model_nearer_the_first_task_and_exports_stock_adapters(

@@ -195,7 +195,7 @@ def test_a_killed_rank_is_named_with_exit_4_and_the_same_command_resumes(
     os.kill(rank_processes(process.pid)[1], signal.SIGKILL)
     assert process.wait(timeout=120) == 4
     stderr = process.stderr.read()
-    assert "error: process 1 of 2 was killed by SIGKILL" in stderr
+    assert "error: process 1 of 2 was killed by SIGKILL" in stderr, stderr
     assert "run the same command again to resume" in " ".join(stderr.split())
     assert "Traceback" not in stderr and "ChildFailedError" not in stderr
     assert len(stderr.split("error:")[1]) < 600

@@ -115,4 +115,4 @@ def test_a_router_that_does_not_match_the_adapters_is_refused(
 def test_report_shows_the_routing_accuracy(routed_run: Path) -> None:
     result = invoke("report", routed_run)
     assert result.exit_code == 0, result.output
-    assert "Routing accuracy (%)" in result.output
+    assert "Routing accuracy (%)" in " ".join(result.output.split())

@@ -129,15 +129,24 @@ def outcome(scratch: Path, failures: dict[int, Any], processes: int) -> int:
         return codes.get(0, 0)
     silent = sorted(rank for rank in failures if rank not in codes)
     if silent:
-        # A process the agent asked to stop (it records that) did not die first.
-        stopped = {rank for rank, _ in records(scratch, "stopped")}
-        rank = ([r for r in silent if r not in stopped] or silent)[0]
-        raise RankDied(rank, failures[rank].exitcode, processes)
+        rank, exitcode = first_death(scratch, failures, silent)
+        raise RankDied(rank, exitcode, processes)
     tracebacks = dict(records(scratch, "traceback"))
     first = tracebacks.get(0) or next(iter(tracebacks.values()), None)
     if first is not None:
         sys.stderr.write(first.read_text())
     return 1
+
+
+def first_death(scratch: Path, failures: dict[int, Any], silent: list[int]) -> tuple[int, int]:
+    """The rank (and its exit code) that died first among those that left no exit record. The
+    launcher's agent stops the others with SIGTERM, so a rank that recorded the stop request or
+    ended by SIGTERM was stopped, unless every one was."""
+    stopped = {rank for rank, _ in records(scratch, "stopped")}
+    unasked = [r for r in silent if r not in stopped]
+    killed = [r for r in unasked if failures[r].exitcode != -signal.SIGTERM]
+    rank = (killed or unasked or silent)[0]
+    return rank, failures[rank].exitcode
 
 
 def records(scratch: Path, kind: str) -> list[tuple[int, Path]]:

@@ -223,3 +223,7 @@ def test_the_process_that_died_is_named_not_one_the_agent_stopped(tmp_path: Path
     with pytest.raises(RankDied) as died:
         outcome(tmp_path, failures, 2)
     assert died.value.rank == 0
+    failures[0] = SimpleNamespace(exitcode=-15)  # stopped by the agent before it could record
+    with pytest.raises(RankDied) as died:
+        outcome(tmp_path, failures, 2)
+    assert died.value.rank == 1 and died.value.exitcode == -9

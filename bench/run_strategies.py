@@ -1,11 +1,16 @@
-"""Run every continual-learning strategy over the benchmark stream and write docs/results.md.
+"""Run every continual-learning strategy over the benchmark streams and write docs/results.md.
 
-    .venv/bin/python bench/run_strategies.py                      # all strategies, seeds 0 and 1
-    .venv/bin/python bench/run_strategies.py --strategies seq,olora --seeds 0
+    .venv/bin/python bench/run_strategies.py                                # everything
+    .venv/bin/python bench/run_strategies.py --streams atlas --strategies seq,olora --seeds 0
 
-Each run is a plain `pecft train bench/recipes/stream.yaml --set ...` into bench/runs/; a run
-folder that already completed is reused, so an interrupted benchmark continues where it stopped.
-The table reports the mean and the spread (sample standard deviation) over seeds.
+Each run is a plain `pecft train bench/recipes/<stream>.yaml --set ...` into
+bench/runs/<stream>/<strategy>-seed<N>/. What the tables read of a completed run (run.json,
+recipe.yaml, eval/matrix.csv, eval/metrics.json) is copied to bench/records/, which the
+repository keeps; a run with a record is not trained again, so an interrupted benchmark
+continues where it stopped, on this machine or another. `ceiling` is not a strategy: every
+task trained alone from the base model with its own LoRA and scored with it (an oracle task
+id), one one-task run per task. Tables give the mean and the spread (sample standard
+deviation) over seeds.
 """
 
 from __future__ import annotations
@@ -15,42 +20,98 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
-RECIPE = ROOT / "bench" / "recipes" / "stream.yaml"
+RECIPES = ROOT / "bench" / "recipes"
 PECFT = Path(sys.executable).parent / "pecft"
+STREAMS = ("quickstart", "atlas")
+CEILING = "ceiling"
+RECORDED = ("run.json", "recipe.yaml", "eval/matrix.csv", "eval/metrics.json")
 
 # Each strategy as recipe overrides on top of the stream recipe.
 STRATEGIES: dict[str, list[str]] = {
     "seq": ["strategy.name=seq"],
     "ewc": ["strategy.name=ewc"],
+    "lwf": ["strategy.name=lwf"],
     "replay": ["strategy.name=replay", "strategy.options.per_task=30"],
     "inclora": ["strategy.name=inclora"],
+    "inclora+routing": ["strategy.name=inclora", "strategy.routing=prototype"],
     "olora": ["strategy.name=olora"],
+    "olora+routing": ["strategy.name=olora", "strategy.routing=prototype"],
     "olora+replay": ["strategy.name=olora", "strategy.replay.per_task=30"],
     "joint": ["strategy.name=joint"],
+    CEILING: [],
 }
-METRICS = ("acc", "bwt", "fwt", "forgetting")
-NOTES = "## Reading the numbers"  # written by hand; kept when the tables are rewritten
+METRICS = ("acc", "bwt", "fwt", "forgetting", "learning_accuracy")
+HEADER = (
+    "strategy",
+    "seeds",
+    "ACC %",
+    "BWT %",
+    "FWT %",
+    "forgetting %",
+    "learning acc %",
+    "routing acc %",
+    "trainable",
+    "wall time",
+    "CPU time",
+    "peak RSS",
+)
 
 
-def run_once(strategy: str, seed: int, runs: Path) -> Path:
-    """Train one strategy with one seed, unless a completed run is already there."""
-    folder = runs / f"{strategy}-seed{seed}"
+def completed(folder: Path) -> bool:
     state = folder / "run.json"
-    if state.is_file() and json.loads(state.read_text())["status"] == "completed":
-        return folder
-    overrides = [*STRATEGIES[strategy], f"seed={seed}", f"output_dir={folder}"]
-    command = [str(PECFT), "train", str(RECIPE), "--overwrite"]
-    for item in overrides:
-        command += ["--set", item]
-    print("$", shlex.join(command), flush=True)
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return folder
+    return state.is_file() and json.loads(state.read_text())["status"] == "completed"
+
+
+def train(recipe: Path, overrides: list[str], folder: Path, record: Path) -> Path:
+    """One `pecft train` into folder, unless its record exists; returns the record."""
+    if completed(record):
+        return record
+    if not completed(folder):
+        command = [str(PECFT), "train", str(recipe), "--overwrite"]
+        for item in [*overrides, f"output_dir={folder}"]:
+            command += ["--set", item]
+        print("$", shlex.join(command), flush=True)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    for name in RECORDED:
+        (record / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / name, record / name)
+    return record
+
+
+def one_task_recipes(stream: str, folder: Path) -> list[Path]:
+    """The stream's recipe cut into one recipe per task, data paths made absolute."""
+    recipe = RECIPES / f"{stream}.yaml"
+    data = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    paths = []
+    for task in data["tasks"]:
+        for split in ("train", "eval"):
+            task[split] = str((recipe.parent / task[split]).resolve())
+        one = {**data, "name": f"{stream}-{task['name']}", "tasks": [task]}
+        path = folder / "recipes" / f"{task['name']}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(one, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def run_once(stream: str, strategy: str, seed: int, runs: Path, records: Path) -> list[Path]:
+    """The records of one strategy and seed: one, or one per task for the ceiling."""
+    name = f"{strategy}-seed{seed}"
+    folder, record = runs / stream / name, records / stream / name
+    if strategy == CEILING:
+        recipes = one_task_recipes(stream, folder)
+        return [train(r, [f"seed={seed}"], folder / r.stem, record / r.stem) for r in recipes]
+    overrides = [*STRATEGIES[strategy], f"seed={seed}"]
+    return [train(RECIPES / f"{stream}.yaml", overrides, folder, record)]
 
 
 def spread(values: list[float | None], form: str = ".1f", scale: float = 100) -> str:
@@ -64,38 +125,63 @@ def spread(values: list[float | None], form: str = ".1f", scale: float = 100) ->
     return f"{mean} ± {statistics.stdev(present):.{form[-2]}f}"
 
 
-def summarize(strategy: str, folders: list[Path]) -> dict[str, str]:
-    """One table row: metrics over seeds, trainable parameters, wall time, peak memory."""
+def seed_figures(folders: list[Path]) -> dict[str, float | None]:
+    """One seed's figures; the ceiling's folders are its one-task runs, averaged."""
     metrics = [json.loads((f / "eval/metrics.json").read_text()) for f in folders]
     states = [json.loads((f / "run.json").read_text()) for f in folders]
-    row = {"strategy": strategy, "seeds": str(len(folders))}
-    for key in METRICS:
-        row[key] = spread([m[key] for m in metrics], "+.1f" if key in ("bwt", "fwt") else ".1f")
-    row["trainable"] = f"{states[0]['trainable_parameters']:,}"
-    row["wall"] = spread([s["timings"]["wall_seconds"] for s in states], ".0f", 1) + " s"
-    peak = max(s["peak_memory_mb"]["cpu_rss"] for s in states)
-    row["peak"] = f"{peak / 1024:.2f} GiB"
-    return row
+    if len(folders) > 1:
+        acc = statistics.fmean(m["acc"] for m in metrics)
+        figures: dict[str, float | None] = dict.fromkeys(METRICS)
+        figures.update(acc=acc, learning_accuracy=acc)
+    else:
+        figures = {key: metrics[0][key] for key in METRICS}
+    routing = states[-1].get("routing_accuracy") or {}
+    figures["routing"] = list(routing.values())[-1] if routing else None
+    figures["trainable"] = max(s["trainable_parameters"] for s in states)
+    figures["wall"] = sum(s["timings"]["wall_seconds"] for s in states)
+    cpu = [s["timings"].get("cpu_seconds") for s in states]
+    figures["cpu"] = None if None in cpu else sum(cpu)
+    figures["peak"] = max(s["peak_memory_mb"]["cpu_rss"] for s in states) / 1024
+    return figures
 
 
-def task_rows(strategy: str, folders: list[Path]) -> dict[str, str]:
+def summarize(strategy: str, seeds: list[list[Path]]) -> list[str]:
+    """One table row: metrics over seeds, trainable parameters, times, peak memory."""
+    figures = [seed_figures(folders) for folders in seeds]
+    column = lambda key: [f[key] for f in figures]  # noqa: E731
+    signed = {"bwt", "fwt"}
+    cells = [strategy, str(len(seeds))]
+    cells += [spread(column(k), "+.1f" if k in signed else ".1f") for k in METRICS]
+    cells.append(spread(column("routing")))
+    cells.append(f"{max(column('trainable')):,}")
+    cells.append(spread(column("wall"), ".0f", 1) + " s")
+    cpu = spread(column("cpu"), ".0f", 1)
+    cells.append(cpu + " s" if cpu != "-" else cpu)
+    cells.append(f"{max(column('peak')):.2f} GiB")
+    return cells
+
+
+def task_row(strategy: str, seeds: list[list[Path]]) -> list[str]:
     """Per task (all but the last): its score just after learning it, its lowest score at any
-    later stage, and its final score; means over seeds, in percent."""
+    later stage, and its final score; means over seeds, in percent. Empty for runs whose
+    stages are not its tasks (joint, the ceiling)."""
     cells: dict[str, list[tuple[float, float, float]]] = {}
-    for folder in folders:
-        lines = (folder / "eval/matrix.csv").read_text().splitlines()
+    for folders in seeds:
+        if len(folders) > 1:
+            return []
+        lines = (folders[0] / "eval/matrix.csv").read_text().splitlines()
         header, rows = lines[0].split(",")[1:], [line.split(",") for line in lines[1:]]
         matrix = {row[0]: [float(v) for v in row[1:]] for row in rows}
-        stages = json.loads((folder / "run.json").read_text())["stages"]
+        stages = json.loads((folders[0] / "run.json").read_text())["stages"]
         if stages != header:
-            return {}
+            return []
         for j, task in enumerate(header[:-1]):
             later = [matrix[stage][j] for stage in stages[j + 1 :]]
             cells.setdefault(task, []).append((matrix[task][j], min(later), later[-1]))
-    row = {"strategy": strategy}
-    for task, values in cells.items():
+    row = [strategy]
+    for values in cells.values():
         learned, lowest, final = (100 * statistics.fmean(v[k] for v in values) for k in range(3))
-        row[task] = f"{learned:.0f} → {lowest:.0f} → {final:.0f}"
+        row.append(f"{learned:.0f} → {lowest:.0f} → {final:.0f}")
     return row
 
 
@@ -109,103 +195,95 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def write_results(
-    rows: list[dict[str, str]],
-    per_task: list[dict[str, str]],
-    command: str,
-    out: Path,
-    runs: Path,
-) -> None:
-    first = next(runs.glob("*/run.json"))
+def table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def stream_section(
+    stream: str, rows: list[list[str]], per_task: list[list[str]], command: str, runs: Path
+) -> str:
+    """The generated part of docs/results.md for one stream."""
+    recipe = yaml.safe_load((RECIPES / f"{stream}.yaml").read_text(encoding="utf-8"))
+    tasks = [task["name"] for task in recipe["tasks"]]
+    first = next((runs / stream).glob("*/run.json"), None) or next(
+        (runs / stream).glob("*/*/run.json")
+    )
     versions = json.loads(first.read_text())["versions"]
-    header = [
-        "strategy",
-        "seeds",
-        "ACC %",
-        "BWT %",
-        "FWT %",
-        "forgetting %",
-        "trainable",
-        "wall time",
-        "peak RSS",
-    ]
     lines = [
-        "# Strategy benchmark",
-        "",
-        "SmolLM2-135M-Instruct (fp32, CPU), LoRA r=8 on q_proj/v_proj, over four tasks in this",
-        "order: numeric_value (generation), lowercase (generation), unicode_category (five-way",
-        "choice), currency_code (generation); 2 epochs per task. Metrics in percent, mean ± sample",
-        "standard deviation over seeds; `trainable` is the largest number of LoRA weights trained",
-        "in one task; wall time is the whole run (training and every evaluation); peak RSS is the",
-        "largest resident memory of one run. Machine: "
-        f"{cpu_name()}, {os.cpu_count()} CPU cores; pecft "
-        f"{versions.get('pecft-cli')}, torch {versions.get('torch')}, transformers "
+        f"Tasks in order: {', '.join(tasks)}. Machine: {cpu_name()}, {os.cpu_count()} CPU cores; "
+        f"pecft {versions.get('pecft-cli')}, torch {versions.get('torch')}, transformers "
         f"{versions.get('transformers')}, peft {versions.get('peft')} (from the runs' run.json).",
-        "",
-        "Reproduce with:",
         "",
         "```bash",
         command,
         "```",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
+        *table(HEADER, rows),
     ]
-    for row in rows:
-        cells = [
-            row["strategy"],
-            row["seeds"],
-            *(row[k] for k in METRICS),
-            row["trainable"],
-            row["wall"],
-            row["peak"],
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    if any(row["seeds"] == "1" for row in rows):
-        lines += ["", "Rows from a single seed show no spread; they are one run, not an average."]
-    per_task = [row for row in per_task if len(row) > 1]
+    per_task = [row for row in per_task if row]
     if per_task:
-        tasks = [key for key in per_task[0] if key != "strategy"]
         lines += [
             "",
             "Where the forgetting happens: for each task but the last, its score just after it "
             "was learned → its lowest score at any later stage → its final score (percent, "
             "means over seeds).",
             "",
-            "| strategy | " + " | ".join(tasks) + " |",
-            "|" + "---|" * (len(tasks) + 1),
+            *table(["strategy", *tasks[:-1]], per_task),
         ]
-        lines += ["| " + " | ".join(row.values()) + " |" for row in per_task]
-    lines += ["", f"Run folders: `{runs.relative_to(ROOT)}/<strategy>-seed<N>/`.", ""]
-    kept = ""
-    if out.is_file() and NOTES in out.read_text(encoding="utf-8"):
-        kept = NOTES + out.read_text(encoding="utf-8").split(NOTES, 1)[1]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + ("\n" + kept if kept else ""), encoding="utf-8")
+    lines += ["", f"Run records: `{runs.relative_to(ROOT)}/{stream}/<strategy>-seed<N>/`."]
+    return "\n".join(lines)
+
+
+def write_section(out: Path, stream: str, body: str) -> None:
+    """Replace the stream's generated block in out (between its markers), keeping the rest."""
+    begin, end = f"<!-- results:{stream} -->", f"<!-- /results:{stream} -->"
+    text = out.read_text(encoding="utf-8") if out.is_file() else "# Strategy benchmark\n"
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + f"\n\n## Stream: {stream}\n\n{block}\n"
+    out.write_text(text, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", default=",".join(STREAMS))
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--runs", type=Path, default=ROOT / "bench" / "runs")
+    parser.add_argument("--records", type=Path, default=ROOT / "bench" / "records")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
+    parser.add_argument("--no-write", action="store_true", help="run and print; leave the doc")
     args = parser.parse_args(argv)
-    strategies = args.strategies.split(",")
-    unknown = [s for s in strategies if s not in STRATEGIES]
+    strategies, streams = args.strategies.split(","), args.streams.split(",")
+    unknown = [s for s in strategies if s not in STRATEGIES] + [
+        s for s in streams if s not in STREAMS
+    ]
     if unknown:
-        parser.error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+        parser.error(
+            f"unknown {unknown}; strategies: {', '.join(STRATEGIES)}; streams: {', '.join(STREAMS)}"
+        )
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows, per_task = [], []
-    for strategy in strategies:
-        folders = [run_once(strategy, seed, args.runs.resolve()) for seed in seeds]
-        rows.append(summarize(strategy, folders))
-        per_task.append(task_rows(strategy, folders))
-        print(rows[-1], flush=True)
-    command = ".venv/bin/python bench/run_strategies.py " + shlex.join(
-        ["--strategies", args.strategies, "--seeds", args.seeds]
-    )
-    write_results(rows, per_task, command, args.results.resolve(), args.runs.resolve())
+    runs, records = args.runs.resolve(), args.records.resolve()
+    for stream in streams:
+        rows, per_task = [], []
+        for strategy in strategies:
+            folders = [run_once(stream, strategy, seed, runs, records) for seed in seeds]
+            rows.append(summarize(strategy, folders))
+            per_task.append(task_row(strategy, folders))
+            print(stream, rows[-1], flush=True)
+        command = ".venv/bin/python bench/run_strategies.py " + shlex.join(
+            ["--streams", stream, "--strategies", args.strategies, "--seeds", args.seeds]
+        )
+        if not args.no_write:
+            write_section(
+                args.results.resolve(),
+                stream,
+                stream_section(stream, rows, per_task, command, records),
+            )
 
 
 if __name__ == "__main__":

@@ -384,12 +384,14 @@ def read_matrix(path: Path, key: str = "stage") -> tuple[list[str], dict[str, li
 
 @dataclass
 class Timings:
-    """Where a run's wall time went, in seconds; stages keyed by name."""
+    """Where a run's wall time went, in seconds; stages keyed by name; `cpu_seconds` is the
+    process's CPU time (all threads), which other work on the machine changes far less."""
 
     load_seconds: float | None = None
     train_seconds: dict[str, float] = field(default_factory=dict)
     eval_seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float | None = None
+    cpu_seconds: float | None = None
 
 
 @dataclass

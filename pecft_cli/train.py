@@ -145,6 +145,7 @@ class TaskLoop:
     def __init__(self, ctx: RunContext, started: float) -> None:
         self.ctx = ctx
         self.started = started
+        self.cpu_started = time.process_time() - (ctx.state.timings.cpu_seconds or 0.0)
         self.stages: list[Stage] = []
         self.matrix: Matrix = {}
         self.checkpoint: Checkpoint | None = None
@@ -243,12 +244,12 @@ class TaskLoop:
         """Optimise one stage on its own examples mixed with replayed ones; returns its summary."""
         ctx, recipe = self.ctx, self.ctx.recipe
         settings = recipe.stage_training([recipe.tasks[i] for i in stage.tasks])
-        ctx.strategy.before_stage(ctx.model, stage)
+        own = [example for i in stage.tasks for example in ctx.tasks[i].train]
+        ctx.strategy.before_stage(ctx.model, stage, own)
         memory = {
             "strategy": ctx.strategy.state_dict(),
             "replay": ctx.replay.state_dict() if ctx.replay is not None else {},
         }
-        own = [example for i in stage.tasks for example in ctx.tasks[i].train]
         examples = ctx.replay.mix(own) if ctx.replay is not None else own
         resume = self.checkpoint
         if resume is None or resume.stage_index != stage.index or not resume.mid_stage:
@@ -382,13 +383,20 @@ class TaskLoop:
         metrics = stage_metrics(ctx.names, state.stages, self.matrix)
         state.status = "completed"
         state.finished_at = runs.now()
-        state.timings.wall_seconds = round(time.perf_counter() - self.started, 2)
+        self.stamp_times()
         state.peak_memory_mb = runs.peak_memory_mb()
         if ctx.main:
             runs.write_json(ctx.folder.metrics, metrics)
             runs.write_state(ctx.folder, state)
             shutil.rmtree(ctx.folder.checkpoint, ignore_errors=True)
         return TrainResult(ctx.folder.root, ctx.names, self.matrix, metrics, state)
+
+    def stamp_times(self) -> None:
+        """Wall and CPU seconds so far, both adding up over resumes; CPU time is what a run
+        costs when other work shares the machine."""
+        timings = self.ctx.state.timings
+        timings.wall_seconds = round(time.perf_counter() - self.started, 2)
+        timings.cpu_seconds = round(time.process_time() - self.cpu_started, 2)
 
     def record_failure(self, exc: BaseException) -> None:
         """Say in run.json how the run ended; a full disk must not hide the cause."""
@@ -397,7 +405,7 @@ class TaskLoop:
         if not isinstance(exc, Preempted):
             state.error = bounded(f"{type(exc).__name__}: {exc}")
         state.finished_at = runs.now()
-        state.timings.wall_seconds = round(time.perf_counter() - self.started, 2)
+        self.stamp_times()
         with contextlib.suppress(OSError):
             self.ctx.save_state()
 

@@ -26,6 +26,7 @@ STRATEGIES = {
     "olora+replay": {"name": "olora", "replay": {"per_task": 3, "ratio": 0.5}},
     "ewc": {"name": "ewc", "options": {"fisher_examples": 4}},
     "lwf": {"name": "lwf"},
+    "inflora": {"name": "inflora", "options": {"feature_examples": 4}},
 }
 
 

@@ -110,11 +110,11 @@ def test_replay_combines_with_olora(tiny_model: Path) -> None:
     assert buffer is not None
     stages = strategy.stages()
     model = strategy.attach(AutoModelForCausalLM.from_pretrained(tiny_model))
-    strategy.before_stage(model, stages[0])
+    strategy.before_stage(model, stages[0], [])
     own = examples("a", 5)
     mix = buffer.mix(own)
     strategy.after_stage(model, stages[0], mix)
     buffer.remember(0, own)
-    strategy.before_stage(model, stages[1])
+    strategy.before_stage(model, stages[1], [])
     assert len(buffer.mix(examples("b", 5))) == 7
     assert list(model.base_model.active_adapters) == ["task01", "task02"]

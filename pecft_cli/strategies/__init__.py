@@ -16,6 +16,7 @@ from pecft_cli.replay_buffer import ReplayBuffer, ReplayOptions
 from pecft_cli.strategies.base import Strategy
 from pecft_cli.strategies.ewc import Ewc
 from pecft_cli.strategies.inclora import IncrementalLora
+from pecft_cli.strategies.inflora import InfLora
 from pecft_cli.strategies.joint import Joint
 from pecft_cli.strategies.lwf import Lwf
 from pecft_cli.strategies.olora import OLora
@@ -26,6 +27,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "seq": Sequential,
     "inclora": IncrementalLora,
     "olora": OLora,
+    "inflora": InfLora,
     "replay": Replay,
     "joint": Joint,
     "ewc": Ewc,

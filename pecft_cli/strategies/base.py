@@ -6,7 +6,7 @@ module overrides only what it changes and the loop never branches on a strategy'
     attach(base)                                   once, before anything trains
     resume(model, finished, state)                 once, only when a stopped run continues
     for stage in stages():
-        before_stage(model, stage)
+        before_stage(model, stage, examples)       examples: the stage's own, without replay
         extra_loss(model, stage)                   at every step, added to the answer loss
         batch_loss(model, stage, batch)            at every micro-batch, a data term on it
         after_stage(model, stage, examples)
@@ -96,8 +96,9 @@ class Strategy:
         returned). Called once, before the checkpoint's LoRA weights are copied in."""
         self.load_state_dict(state)
 
-    def before_stage(self, model: PeftModel, stage: Stage) -> None:
-        """Called before `stage` trains."""
+    def before_stage(self, model: PeftModel, stage: Stage, examples: list[Example]) -> None:
+        """Called before `stage` trains on `examples` (its own tasks' examples; replayed ones
+        are mixed in after this)."""
 
     def extra_loss(self, model: PeftModel, stage: Stage) -> torch.Tensor | None:
         """A term added to the answer loss at every step of `stage`, or None."""

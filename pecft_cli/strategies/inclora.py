@@ -10,6 +10,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from pecft_cli import runs
+from pecft_cli.data import Example
 from pecft_cli.strategies import stacked
 from pecft_cli.strategies.base import Stage, Strategy
 
@@ -33,7 +34,7 @@ class IncrementalLora(Strategy):
             self.latest = stage.index
         self.load_state_dict(state)
 
-    def before_stage(self, model: PeftModel, stage: Stage) -> None:
+    def before_stage(self, model: PeftModel, stage: Stage, examples: list[Example]) -> None:
         stacked.start_task(model, stage.index, self.lora)
         self.latest = stage.index
 

@@ -16,6 +16,7 @@ import torch
 from peft import PeftModel
 from pydantic import Field
 
+from pecft_cli.data import Example
 from pecft_cli.loss import AnswerBatch, answer_logits
 from pecft_cli.recipe import Section
 from pecft_cli.strategies.base import Stage, Strategy, lora_config
@@ -43,7 +44,7 @@ class Lwf(Strategy):
             add_teacher(model, self)
         self.load_state_dict(state)
 
-    def before_stage(self, model: PeftModel, stage: Stage) -> None:
+    def before_stage(self, model: PeftModel, stage: Stage, examples: list[Example]) -> None:
         """The teacher becomes the model as it is now, before this stage trains."""
         if stage.index == 0:
             return

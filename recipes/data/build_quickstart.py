@@ -204,17 +204,12 @@ def write_jsonl(path: Path, records: list[Record]) -> None:
     path.write_text(text, encoding="utf-8", newline="\n")
 
 
-def build(out: Path) -> dict:
+def write_stream(
+    out: Path, built_by: str, sources: dict[str, str], tasks: dict[str, Callable[[], Split]]
+) -> dict:
     """Write every task's train/eval files and the manifest under out; return the manifest."""
-    manifest: dict = {
-        "built_by": BUILT_BY,
-        "sources": {
-            "pycountry": version("pycountry"),
-            "unicodedata": unicodedata.unidata_version,
-        },
-        "tasks": {},
-    }
-    for task, make in TASKS.items():
+    manifest: dict = {"built_by": built_by, "sources": sources, "tasks": {}}
+    for task, make in tasks.items():
         train, eval_ = make()
         write_jsonl(out / task / "train.jsonl", train)
         write_jsonl(out / task / "eval.jsonl", eval_)
@@ -228,14 +223,25 @@ def build(out: Path) -> dict:
     return manifest
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+def build(out: Path) -> dict:
+    """The quickstart stream under out."""
+    sources = {"pycountry": version("pycountry"), "unicodedata": unicodedata.unidata_version}
+    return write_stream(out, BUILT_BY, sources, TASKS)
+
+
+def run_builder(
+    argv: list[str] | None, doc: str, default_out: Path, make: Callable[[Path], dict]
+) -> None:
+    """Command-line entry point of a stream's build script."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=default_out, help="output folder")
     args = parser.parse_args(argv)
-    manifest = build(args.out)
-    for task, info in manifest["tasks"].items():
+    for task, info in make(args.out)["tasks"].items():
         print(f"{task}: train={info['train']} eval={info['eval']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_builder(argv, __doc__, DEFAULT_OUT, build)
 
 
 if __name__ == "__main__":

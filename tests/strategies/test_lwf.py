@@ -42,14 +42,14 @@ def term(strategy, model, stage: int) -> torch.Tensor | None:
 
 def test_no_teacher_on_the_first_task(tiny_model: Path) -> None:
     strategy, model = lwf(tiny_model)
-    strategy.before_stage(model, strategy.stages()[0])
+    strategy.before_stage(model, strategy.stages()[0], [])
     assert term(strategy, model, 0) is None
     assert TEACHER not in model.peft_config
 
 
 def test_the_term_is_zero_at_the_teacher_and_grows_as_the_student_moves(tiny_model: Path) -> None:
     strategy, model = lwf(tiny_model, weight=1.0, temperature=2.0)
-    strategy.before_stage(model, strategy.stages()[1])
+    strategy.before_stage(model, strategy.stages()[1], [])
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".default." in n for n in trainable)
     assert abs(term(strategy, model, 1).item()) < 1e-5
@@ -67,7 +67,7 @@ def test_the_term_is_zero_at_the_teacher_and_grows_as_the_student_moves(tiny_mod
 
 def test_the_weight_and_temperature_scale_the_term(tiny_model: Path) -> None:
     strategy, model = lwf(tiny_model, weight=3.0, temperature=1.0)
-    strategy.before_stage(model, strategy.stages()[1])
+    strategy.before_stage(model, strategy.stages()[1], [])
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if ".default." in name and "lora_B" in name:

@@ -32,10 +32,10 @@ def olora(tiny_model: Path, **options):
 
 def test_earlier_loras_stay_frozen_and_active(tiny_model: Path) -> None:
     strategy, model = olora(tiny_model)
-    strategy.before_stage(model, strategy.stages()[0])
+    strategy.before_stage(model, strategy.stages()[0], [])
     for layer in lora_layers(model):
         torch.nn.init.normal_(layer.lora_B["task01"].weight)
-    strategy.before_stage(model, strategy.stages()[1])
+    strategy.before_stage(model, strategy.stages()[1], [])
     before = {n: p.detach().clone() for n, p in model.named_parameters() if ".task01." in n}
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".task02." in n for n in trainable)
@@ -58,9 +58,9 @@ def test_earlier_loras_stay_frozen_and_active(tiny_model: Path) -> None:
 
 def test_loss_terms_are_computed_as_the_reference_does(tiny_model: Path) -> None:
     strategy, model = olora(tiny_model, lambda1=0.5, lambda2=0.25)
-    strategy.before_stage(model, strategy.stages()[0])
-    strategy.before_stage(model, strategy.stages()[1])
-    strategy.before_stage(model, strategy.stages()[2])
+    strategy.before_stage(model, strategy.stages()[0], [])
+    strategy.before_stage(model, strategy.stages()[1], [])
+    strategy.before_stage(model, strategy.stages()[2], [])
     expected_orth = torch.zeros(())
     expected_l2 = torch.zeros(())
     for layer in lora_layers(model):
@@ -79,7 +79,7 @@ def test_loss_terms_are_computed_as_the_reference_does(tiny_model: Path) -> None
 def test_per_task_lambdas(tiny_model: Path) -> None:
     strategy, model = olora(tiny_model, lambda1={"default": 0.0, "c": 2.0})
     for index in range(3):
-        strategy.before_stage(model, strategy.stages()[index])
+        strategy.before_stage(model, strategy.stages()[index], [])
     assert strategy.extra_loss(model, strategy.stages()[1]) is None
     assert strategy.extra_loss(model, strategy.stages()[2]).item() == pytest.approx(
         2 * orthogonality(model, 2).item()

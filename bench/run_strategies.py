@@ -46,6 +46,7 @@ STRATEGIES: dict[str, list[str]] = {
     "olora": ["strategy.name=olora"],
     "olora+routing": ["strategy.name=olora", "strategy.routing=prototype"],
     "olora+replay": ["strategy.name=olora", "strategy.replay.per_task=30"],
+    "inflora": ["strategy.name=inflora"],
     "joint": ["strategy.name=joint"],
     CEILING: [],
 }

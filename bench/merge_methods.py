@@ -1,6 +1,6 @@
 """Merge a run's adapters with every PEFT method, score each result, and write docs/merging.md.
 
-    .venv/bin/python bench/merge_methods.py runs/quickstart bench/runs/olora-seed0
+    .venv/bin/python bench/merge_methods.py runs/quickstart bench/runs/quickstart/olora-seed0
 
 Each merge is a plain `pecft merge-adapters RUN --out bench/merges/<run>/<method> --eval`; the
 table puts every method's scores under the run's last matrix row (what the merge should keep).

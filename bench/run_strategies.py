@@ -47,6 +47,8 @@ STRATEGIES: dict[str, list[str]] = {
     "olora+routing": ["strategy.name=olora", "strategy.routing=prototype"],
     "olora+replay": ["strategy.name=olora", "strategy.replay.per_task=30"],
     "inflora": ["strategy.name=inflora"],
+    "separate+routing": ["strategy.name=separate", "strategy.routing=prototype"],
+    "osf": ["strategy.name=osf", "training.lr=1e-4"],
     "joint": ["strategy.name=joint"],
     CEILING: [],
 }

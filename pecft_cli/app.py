@@ -578,7 +578,11 @@ def generate(
             source, inputs, options, trust_remote_code=trust_remote_code, on_event=progress
         )
     if as_json:
-        rows = [{"input": r.input, "prompt": r.prompt, "answer": r.answer} for r in results]
+        rows = [
+            {"input": r.input, "prompt": r.prompt, "answer": r.answer}
+            | ({"routed_to": r.routed_to} if r.routed_to is not None else {})
+            for r in results
+        ]
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return
     if len(results) == 1:

@@ -24,12 +24,14 @@ MERGE_FILE = "merge.json"
 
 @dataclass
 class Artifact:
-    """A loadable result: `base` plus `adapter` (None for a whole model), and its run if known."""
+    """A loadable result: `base` plus `adapter` (None for a whole model), its run if known,
+    and the run's stage when a run folder was given."""
 
     path: Path
     base: ModelSection
     adapter: Path | None
     run: Path | None
+    stage: str | None = None
 
     def recipe(self) -> Recipe | None:
         return load_recipe(runs.RunFolder(self.run).recipe) if self.run else None
@@ -114,7 +116,7 @@ def open_artifact(path: Path, stage: str | None = None, base: str | None = None)
         (chosen,) = runs.pick([stage], stages, "stage", path) if stage else stages[-1:]
         adapter = None if chosen == runs.BASE else saved.adapters[chosen]
         model = ModelSection(path=base) if base else load_recipe(saved.folder.recipe).model
-        return Artifact(path, model, adapter, path)
+        return Artifact(path, model, adapter, path, chosen)
     if stage:
         raise PecftError(
             f"--stage {stage}: {path} is not a run folder; --stage picks a run's stage."

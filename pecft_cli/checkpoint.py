@@ -48,12 +48,15 @@ class Checkpoint:
         return self.step > 0
 
 
+ADAPTER_WEIGHTS = ("lora_", "osf_svd_params")  # how PEFT names the weights of LoRA and OSF
+
+
 def lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every LoRA weight of the model (trainable or frozen), copied to the CPU."""
+    """Every adapter weight of the model (trainable or frozen), copied to the CPU."""
     return {
         name: parameter.detach().to("cpu", copy=True)
         for name, parameter in model.named_parameters()
-        if "lora_" in name
+        if any(marker in name for marker in ADAPTER_WEIGHTS)
     }
 
 

@@ -29,7 +29,7 @@ from pecft_cli.model import load_model, load_tokenizer
 from pecft_cli.plot import save_heatmap
 from pecft_cli.recipe import Recipe, TaskSection
 from pecft_cli.recipe_file import load_recipe
-from pecft_cli.routing import Router, embed, score_routed
+from pecft_cli.routing import Router, embed, load_stages, saved_router, score_routed, served
 
 
 @dataclass
@@ -100,8 +100,7 @@ class Evaluation:
         """The router as it stood after `stage`: the prototypes of the tasks trained by then."""
         if self.router is None or stage == runs.BASE:
             return None
-        count = self.run.state.planned_stages.index(stage) + 1
-        return Router(self.router.tasks[:count], self.router.prototypes[:count])
+        return self.router.upto(self.run.state.planned_stages.index(stage) + 1)
 
     def settings(self) -> dict[str, Any]:
         """What makes two evaluations the same, so the second may resume the first's cells."""
@@ -149,7 +148,7 @@ def evaluate_run(
         if evaluation.router_at(stage) is None:
             model = stage_model(model, stage, adapters.get(stage))
         else:
-            model = routed_model(model, evaluation, stage)
+            model = load_stages(model, evaluation.run, stage)
         score = cell_scorer(accelerator, model, tokenizer, evaluation, stage)
         for task in todo:
             started_cell = time.perf_counter()
@@ -181,43 +180,8 @@ def plan(run_dir: Path, options: EvalOptions) -> Evaluation:
     extras: list[TaskSection] = []
     for path in options.data:
         extras.append(extra_task(path.resolve(), saved.tasks + [t.name for t in extras]))
-    router = None if recipe.strategy.routing == "none" else run_router(saved)
+    router = None if recipe.strategy.routing == "none" else saved_router(saved)
     return Evaluation(saved, recipe, out, task_names, stage_names, extras, router)
-
-
-def run_router(saved: runs.SavedRun) -> Router:
-    """The router a routed run saved, checked against the stages whose adapters it has."""
-    router = Router.load(saved.folder.router)
-    planned = saved.state.planned_stages
-    trained = list(saved.adapters)
-    if router.tasks != planned[: len(router.tasks)] or len(router.tasks) < len(trained):
-        known = ", ".join(router.tasks) or "(none)"
-        raise PecftError(
-            f"{saved.folder.router}: the router knows the tasks {known} but the run has adapters "
-            f"for {', '.join(trained)}; it does not belong to these adapters. Train the run "
-            "again, or evaluate it with strategy.routing removed."
-        )
-    return router
-
-
-def routed_model(model: Any, evaluation: Evaluation, stage: str) -> PeftModel:
-    """The base with the adapter of every stage up to `stage`, each under its own name, for a
-    router to choose between input by input."""
-    base = model.unload() if isinstance(model, PeftModel) else model
-    planned, adapters = evaluation.run.state.planned_stages, evaluation.run.adapters
-    names = planned[: planned.index(stage) + 1]
-    try:
-        routed = PeftModel.from_pretrained(base, adapters[names[0]], adapter_name=served(0))
-        for index, name in enumerate(names[1:], start=1):
-            routed.load_adapter(adapters[name], adapter_name=served(index))
-    except Exception as exc:
-        raise adapter_error(evaluation.run.folder.root / "adapters", exc) from None
-    return routed
-
-
-def served(index: int) -> str:
-    """The PEFT adapter name of the stage at `index` in a routed model."""
-    return f"stage{index + 1:02d}"
 
 
 def cell_scorer(

@@ -2,18 +2,23 @@
 
 Decoding is greedy (the same as exact-match scoring), so an answer here is the answer the
 evaluation saw. With a task named, each input fills the task's prompt template: a plain text
-fills a template with one field, a JSON object fills any template.
+fills a template with one field, a JSON object fills any template. A stage of a routed run
+(`strategy.routing`) answers each prompt with the adapter its router picks from the prompt, as
+the evaluation did; an adapter folder given directly is used as it is.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from peft import PeftModel
 
+from pecft_cli import runs
 from pecft_cli.artifacts import Artifact, adapter_error, open_artifact
 from pecft_cli.data import encode, prompt_text, read_local
 from pecft_cli.distributed import device
@@ -23,6 +28,7 @@ from pecft_cli.events import EventCallback, ignore
 from pecft_cli.model import load_model, load_tokenizer, model_config, model_location
 from pecft_cli.preflight import context_length
 from pecft_cli.recipe import ModelSection, Recipe, TaskSection
+from pecft_cli.routing import Router, embed, load_stages, saved_router, served
 from pecft_cli.template import template_fields
 
 FREE_MAX_NEW_TOKENS = 128
@@ -35,6 +41,7 @@ class Generation:
     input: str | dict[str, Any]
     prompt: str
     answer: str
+    routed_to: str | None = None  # the task whose adapter answered, in a routed run
 
 
 @dataclass
@@ -83,12 +90,59 @@ def generate(
     ids = [ids for _, ids in prompts]
     check_context(artifact.base, ids, max_new_tokens, trust_remote_code)
     on_event("status", {"message": f"loading {artifact.path}"})
-    model = load_artifact(artifact, trust_remote_code)
-    answers = greedy_answers(model, tokenizer, ids, options.batch_size, max_new_tokens, stop or [])
+    decode = partial(
+        greedy_answers,
+        tokenizer=tokenizer,
+        batch_size=options.batch_size,
+        max_new_tokens=max_new_tokens,
+        stop=stop or [],
+    )
+    router = stage_router(artifact)
+    if router is None:
+        answers = decode(load_artifact(artifact, trust_remote_code), prompts=ids)
+        routed: list[str | None] = [None] * len(ids)
+    else:
+        pad = tokenizer.pad_token_id
+        answers, routed = routed_answers(artifact, router, ids, decode, pad, trust_remote_code)
     return [
-        Generation(item, text, answers[i])
+        Generation(item, text, answers[i], routed[i])
         for i, (item, (text, _)) in enumerate(zip(inputs, prompts, strict=True))
     ]
+
+
+def stage_router(artifact: Artifact) -> Router | None:
+    """The router of a routed run's chosen stage; None for anything else."""
+    recipe = artifact.recipe()
+    if artifact.stage in (None, runs.BASE) or recipe is None or recipe.strategy.routing == "none":
+        return None
+    saved = runs.open_run(artifact.path)
+    return saved_router(saved).upto(saved.state.planned_stages.index(artifact.stage) + 1)
+
+
+def routed_answers(
+    artifact: Artifact,
+    router: Router,
+    ids: list[list[int]],
+    decode: Callable[..., dict[int, str]],
+    pad_id: int,
+    trust_remote_code: bool,
+) -> tuple[list[str], list[str | None]]:
+    """Each prompt answered by the adapter of the task its router picks, and that task."""
+    saved = runs.open_run(artifact.path)
+    assert artifact.stage is not None
+    model = load_stages(
+        load_model(artifact.base, device(), trust_remote_code), saved, artifact.stage
+    )
+    model.eval()
+    routes = router.route(embed(model, ids, pad_id))
+    answers: list[str] = [""] * len(ids)
+    for target in sorted(set(routes)):
+        chosen = [i for i, route in enumerate(routes) if route == target]
+        model.set_adapter(served(target))
+        part = decode(model, prompts=[ids[i] for i in chosen])
+        for j, i in enumerate(chosen):
+            answers[i] = part[j]
+    return answers, [router.tasks[route] for route in routes]
 
 
 def check_options(inputs: list[str | dict[str, Any]], options: GenerateOptions) -> None:

@@ -65,7 +65,8 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
         raise PecftError(f"{source}: {newer_pecft(raw)}" + explain(exc, raw)) from None
 
     try:
-        check_strategy(recipe.strategy, [task.name for task in recipe.tasks])
+        tasks = [task.name for task in recipe.tasks]
+        check_strategy(recipe.strategy, tasks, recipe.model.quantization.mode)
     except PecftError as exc:
         raise PecftError(f"{source}: {exc}") from None
     return recipe

@@ -17,11 +17,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
+from pecft_cli import runs
+from pecft_cli.artifacts import adapter_error
 from pecft_cli.data import TaskData
 from pecft_cli.errors import PecftError
 from pecft_cli.evaluate import TaskScore, combine
@@ -79,6 +82,10 @@ class Router:
         self.tasks.append(task)
         self.prototypes.append(torch.nn.functional.normalize(vectors.mean(0), dim=0))
 
+    def upto(self, count: int) -> Router:
+        """The router as it stood once its first `count` tasks had trained."""
+        return Router(self.tasks[:count], self.prototypes[:count])
+
     def route(self, vectors: torch.Tensor) -> list[int]:
         """The index (in `tasks`) of each embedding's nearest prototype."""
         similarity = vectors @ torch.stack(self.prototypes).T
@@ -105,6 +112,41 @@ class Router:
                 "train the run again, or evaluate it with strategy.routing removed."
             ) from None
         return cls(tasks, prototypes)
+
+
+def saved_router(saved: runs.SavedRun) -> Router:
+    """The router a routed run saved, checked against the stages whose adapters it has."""
+    router = Router.load(saved.folder.router)
+    planned = saved.state.planned_stages
+    trained = list(saved.adapters)
+    if router.tasks != planned[: len(router.tasks)] or len(router.tasks) < len(trained):
+        known = ", ".join(router.tasks) or "(none)"
+        raise PecftError(
+            f"{saved.folder.router}: the router knows the tasks {known} but the run has adapters "
+            f"for {', '.join(trained)}; it does not belong to these adapters. Train the run "
+            "again, or use it with strategy.routing removed."
+        )
+    return router
+
+
+def served(index: int) -> str:
+    """The PEFT adapter name of the stage at `index` in a routed model."""
+    return f"stage{index + 1:02d}"
+
+
+def load_stages(model: Any, saved: runs.SavedRun, stage: str) -> PeftModel:
+    """The base with the adapter of every stage up to `stage`, each under its own name
+    (`served`), for a router to choose between input by input."""
+    base = model.unload() if isinstance(model, PeftModel) else model
+    planned, adapters = saved.state.planned_stages, saved.adapters
+    names = planned[: planned.index(stage) + 1]
+    try:
+        routed = PeftModel.from_pretrained(base, adapters[names[0]], adapter_name=served(0))
+        for index, name in enumerate(names[1:], start=1):
+            routed.load_adapter(adapters[name], adapter_name=served(index))
+    except Exception as exc:
+        raise adapter_error(saved.folder.root / "adapters", exc) from None
+    return routed
 
 
 def score_routed(

@@ -204,6 +204,10 @@ TRAIN_CASES: dict[str, tuple[Setup, str]] = {
         lambda f: ["train", f / "recipe.yaml", "--num-processes", "100000"],
         "use at most",
     ),
+    "osf on a 4-bit base": (
+        recipe_case("strategy.name=osf", "model.quantization=4bit"),
+        "'osf' trains the base model's own weight matrices",
+    ),
     "model folder missing": (recipe_case("model.path=/no/such/model"), "does not exist"),
     "model that is not a causal LM": (not_a_causal_lm, "not a causal language model"),
     "output folder of someone else": (occupied_output, "not a pecft run"),

@@ -27,6 +27,8 @@ STRATEGIES = {
     "ewc": {"name": "ewc", "options": {"fisher_examples": 4}},
     "lwf": {"name": "lwf"},
     "inflora": {"name": "inflora", "options": {"feature_examples": 4}},
+    "osf": {"name": "osf"},
+    "separate+routing": {"name": "separate", "routing": "prototype"},
 }
 
 

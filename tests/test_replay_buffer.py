@@ -99,7 +99,7 @@ def test_the_seed_fixes_the_buffer() -> None:
 )
 def test_bad_strategy_sections_are_refused(section: dict, message: str) -> None:
     with pytest.raises(PecftError, match=message.replace("?", r"\?").replace("(", r"\(")):
-        check_strategy(StrategySection(**section), TASKS)
+        check_strategy(StrategySection(**section), TASKS, "none")
 
 
 def test_replay_combines_with_olora(tiny_model: Path) -> None:

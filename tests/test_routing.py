@@ -116,3 +116,16 @@ def test_report_shows_the_routing_accuracy(routed_run: Path) -> None:
     result = invoke("report", routed_run)
     assert result.exit_code == 0, result.output
     assert "Routing accuracy (%)" in " ".join(result.output.split())
+
+
+def test_generate_answers_each_prompt_with_the_adapter_its_router_picks(routed_run: Path) -> None:
+    rows = routed_run.parent / "data/codes/eval.jsonl"
+    result = invoke("generate", routed_run, "--task", "codes", "--file", rows, "--json")
+    assert result.exit_code == 0, result.output
+    answers = json.loads(result.stdout)
+    lines = (routed_run / "eval/predictions/yesno/codes.jsonl").read_text().splitlines()
+    predictions = sorted(map(json.loads, lines), key=lambda p: p["row"])
+    assert [a["routed_to"] for a in answers] == [p["routed_to"] for p in predictions]
+    assert [a["answer"] for a in answers] == [p["prediction"] for p in predictions]
+    plain = invoke("generate", routed_run / "adapters/02-yesno", "--task", "codes", "-f", rows)
+    assert plain.exit_code == 0, plain.output  # an adapter folder is used as it is, unrouted

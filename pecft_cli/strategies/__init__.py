@@ -20,7 +20,9 @@ from pecft_cli.strategies.inflora import InfLora
 from pecft_cli.strategies.joint import Joint
 from pecft_cli.strategies.lwf import Lwf
 from pecft_cli.strategies.olora import OLora
+from pecft_cli.strategies.osf import Osf
 from pecft_cli.strategies.replay import Replay
+from pecft_cli.strategies.separate import Separate
 from pecft_cli.strategies.seq import Sequential
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -28,6 +30,8 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "inclora": IncrementalLora,
     "olora": OLora,
     "inflora": InfLora,
+    "osf": Osf,
+    "separate": Separate,
     "replay": Replay,
     "joint": Joint,
     "ewc": Ewc,
@@ -40,9 +44,17 @@ def replay_combines() -> list[str]:
     return [name for name, strategy in STRATEGIES.items() if strategy.takes_replay]
 
 
-def check_strategy(section: StrategySection, tasks: list[str]) -> None:
-    """Refuse an unknown strategy, option or task name before any work starts."""
+def check_strategy(section: StrategySection, tasks: list[str], quantization: str) -> None:
+    """Refuse an unknown strategy, option or task name, or a base the strategy cannot train,
+    before any work starts."""
     options, _ = build_options(section)
+    if quantization != "none" and STRATEGIES[section.name].full_precision_only:
+        raise PecftError(
+            f"strategy.name: '{section.name}' trains the base model's own weight matrices, and "
+            f"PEFT wraps only plain (unquantized) linear layers for it, so it cannot train a "
+            f"{quantization} base. Set model.quantization to none, or choose a LoRA strategy "
+            "(every other strategy trains on a quantized base)."
+        )
     for key, value in options:
         if isinstance(value, dict):
             for task in value:

@@ -69,6 +69,7 @@ class Strategy:
     takes_replay: ClassVar[bool] = True  # whether `strategy.replay` may add a replay buffer
     batch_loss_name: ClassVar[str | None] = None  # the log key of `batch_loss`, when it has one
     routes: ClassVar[bool] = False  # whether it keeps a LoRA per task that a router can choose
+    full_precision_only: ClassVar[bool] = False  # whether it refuses a 4-bit or 8-bit base
 
     def __init__(self, options: Section, lora: LoraSection, tasks: list[str], seed: int) -> None:
         self.options = options

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from peft import PeftModel
 from transformers import PreTrainedModel
@@ -19,6 +19,7 @@ class IncrementalLora(Strategy):
     """Each task trains its own LoRA on top of the frozen stack of the earlier ones."""
 
     routes = True  # the stack after task j is the model after task j, whatever came later
+    alone: ClassVar[bool] = False  # whether a task's LoRA trains and serves without the earlier
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -30,18 +31,18 @@ class IncrementalLora(Strategy):
     def resume(self, model: PeftModel, finished: list[Stage], state: dict[str, Any]) -> None:
         """Add back the LoRA of every finished task; the checkpoint then fills their weights."""
         for stage in finished:
-            stacked.start_task(model, stage.index, self.lora)
+            stacked.start_task(model, stage.index, self.lora, self.alone)
             self.latest = stage.index
         self.load_state_dict(state)
 
     def before_stage(self, model: PeftModel, stage: Stage, examples: list[Example]) -> None:
-        stacked.start_task(model, stage.index, self.lora)
+        stacked.start_task(model, stage.index, self.lora, self.alone)
         self.latest = stage.index
 
     def serve(self, model: PeftModel, stage: Stage | None) -> None:
         """The stack of tasks up to `stage` active; None restores the latest stage's setup."""
         if stage is None:
-            stacked.start_task(model, self.latest, self.lora)
+            stacked.start_task(model, self.latest, self.lora, self.alone)
         else:
             model.base_model.set_adapter([stacked.task_adapter(i) for i in range(stage.index + 1)])
 

@@ -31,12 +31,13 @@ def attach_stack(model: PreTrainedModel, lora: LoraSection) -> PeftModel:
     return get_peft_model(model, lora_config(lora), adapter_name=task_adapter(0))
 
 
-def start_task(model: PeftModel, index: int, lora: LoraSection) -> None:
-    """Add task `index`'s LoRA, activate it with every earlier one, train only the new one."""
+def start_task(model: PeftModel, index: int, lora: LoraSection, alone: bool = False) -> None:
+    """Add task `index`'s LoRA, activate it with every earlier one (or `alone`), train only the
+    new one."""
     name = task_adapter(index)
     if name not in model.peft_config:
         model.add_adapter(name, lora_config(lora))
-    model.base_model.set_adapter([task_adapter(i) for i in range(index + 1)])
+    model.base_model.set_adapter(name if alone else [task_adapter(i) for i in range(index + 1)])
     for parameter_name, parameter in model.named_parameters():
         if "lora_" in parameter_name:
             parameter.requires_grad = f".{name}." in parameter_name

@@ -48,6 +48,7 @@ STRATEGIES: dict[str, list[str]] = {
     "olora+replay": ["strategy.name=olora", "strategy.replay.per_task=30"],
     "inflora": ["strategy.name=inflora"],
     "separate+routing": ["strategy.name=separate", "strategy.routing=prototype"],
+    "separate+arrow": ["strategy.name=separate", "strategy.routing=arrow"],
     "osf": ["strategy.name=osf", "training.lr=1e-4"],
     "joint": ["strategy.name=joint"],
     CEILING: [],

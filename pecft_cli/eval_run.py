@@ -29,7 +29,16 @@ from pecft_cli.model import load_model, load_tokenizer
 from pecft_cli.plot import save_heatmap
 from pecft_cli.recipe import Recipe, TaskSection
 from pecft_cli.recipe_file import load_recipe
-from pecft_cli.routing import Router, embed, load_stages, saved_router, score_routed, served
+from pecft_cli.routing import (
+    Router,
+    arrow_served,
+    embed,
+    load_experts,
+    load_stages,
+    saved_router,
+    score_routed,
+    served,
+)
 
 
 @dataclass
@@ -145,11 +154,7 @@ def evaluate_run(
         todo = [task for task in scored if not progress.done(stage, task.name)]
         if not todo:
             continue
-        if evaluation.router_at(stage) is None:
-            model = stage_model(model, stage, adapters.get(stage))
-        else:
-            model = load_stages(model, evaluation.run, stage)
-        score = cell_scorer(accelerator, model, tokenizer, evaluation, stage)
+        model, score = cell_scorer(accelerator, model, tokenizer, evaluation, stage)
         for task in todo:
             started_cell = time.perf_counter()
             result = score(task)
@@ -180,28 +185,40 @@ def plan(run_dir: Path, options: EvalOptions) -> Evaluation:
     extras: list[TaskSection] = []
     for path in options.data:
         extras.append(extra_task(path.resolve(), saved.tasks + [t.name for t in extras]))
-    router = None if recipe.strategy.routing == "none" else saved_router(saved)
+    router = None if recipe.strategy.routing != "prototype" else saved_router(saved)
     return Evaluation(saved, recipe, out, task_names, stage_names, extras, router)
 
 
 def cell_scorer(
     accelerator: Any, model: Any, tokenizer: Any, evaluation: Evaluation, stage: str
-) -> Callable[[TaskData], TaskScore]:
-    """How one task is scored at `stage`: by the stage's model, or routed input by input."""
+) -> tuple[Any, Callable[[TaskData], TaskScore]]:
+    """The model of `stage` and how one task is scored there: by the stage's adapter, routed
+    input by input between the stages' adapters, or through Arrow over the task LoRAs."""
 
     def plain(task: TaskData) -> TaskScore:
         return score_shared(accelerator, model, tokenizer, task, evaluation.recipe.evaluation)
 
+    strategy = evaluation.recipe.strategy
+    if strategy.routing == "arrow" and stage != runs.BASE:
+        model, experts = load_experts(model, evaluation.run, stage)
+
+        def mixed(task: TaskData) -> TaskScore:
+            with arrow_served(model, experts, strategy.arrow, evaluation.recipe.seed):
+                return plain(task)
+
+        return model, mixed
     router = evaluation.router_at(stage)
     if router is None:
-        return plain
+        model = stage_model(model, stage, evaluation.run.adapters.get(stage))
+        return model, plain
+    model = load_stages(model, evaluation.run, stage)
 
     def routed(task: TaskData) -> TaskScore:
         vectors = embed(model, [e.prompt_ids for e in task.eval], tokenizer.pad_token_id)
         serve = lambda target: model.set_adapter(served(target))  # noqa: E731
         return score_routed(plain, task, router.route(vectors), serve, router.tasks)
 
-    return routed
+    return model, routed
 
 
 def default_out(saved: runs.SavedRun, recipe: Recipe, limit: int | None) -> runs.EvalFolder:

@@ -3,8 +3,9 @@
 Decoding is greedy (the same as exact-match scoring), so an answer here is the answer the
 evaluation saw. With a task named, each input fills the task's prompt template: a plain text
 fills a template with one field, a JSON object fills any template. A stage of a routed run
-(`strategy.routing`) answers each prompt with the adapter its router picks from the prompt, as
-the evaluation did; an adapter folder given directly is used as it is.
+(`strategy.routing`) answers each prompt as the evaluation did: with the adapter its prototype
+router picks from the prompt, or through Arrow over the task LoRAs; an adapter folder given
+directly is used as it is.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ from pecft_cli.events import EventCallback, ignore
 from pecft_cli.model import load_model, load_tokenizer, model_config, model_location
 from pecft_cli.preflight import context_length
 from pecft_cli.recipe import ModelSection, Recipe, TaskSection
-from pecft_cli.routing import Router, embed, load_stages, saved_router, served
+from pecft_cli.routing import (
+    Router,
+    arrow_served,
+    embed,
+    load_experts,
+    load_stages,
+    saved_router,
+    served,
+)
 from pecft_cli.template import template_fields
 
 FREE_MAX_NEW_TOKENS = 128
@@ -98,9 +107,11 @@ def generate(
         stop=stop or [],
     )
     router = stage_router(artifact)
-    if router is None:
+    routed: list[str | None] = [None] * len(ids)
+    if routing(artifact) == "arrow":
+        answers = arrow_answers(artifact, ids, decode, trust_remote_code)
+    elif router is None:
         answers = decode(load_artifact(artifact, trust_remote_code), prompts=ids)
-        routed: list[str | None] = [None] * len(ids)
     else:
         pad = tokenizer.pad_token_id
         answers, routed = routed_answers(artifact, router, ids, decode, pad, trust_remote_code)
@@ -110,13 +121,36 @@ def generate(
     ]
 
 
-def stage_router(artifact: Artifact) -> Router | None:
-    """The router of a routed run's chosen stage; None for anything else."""
+def routing(artifact: Artifact) -> str:
+    """How the chosen stage of a run folder serves a prompt: none, prototype or arrow."""
     recipe = artifact.recipe()
-    if artifact.stage in (None, runs.BASE) or recipe is None or recipe.strategy.routing == "none":
+    if artifact.stage in (None, runs.BASE) or recipe is None:
+        return "none"
+    return recipe.strategy.routing
+
+
+def stage_router(artifact: Artifact) -> Router | None:
+    """The prototype router of a routed run's chosen stage; None for anything else."""
+    if routing(artifact) != "prototype":
         return None
     saved = runs.open_run(artifact.path)
     return saved_router(saved).upto(saved.state.planned_stages.index(artifact.stage) + 1)
+
+
+def arrow_answers(
+    artifact: Artifact,
+    ids: list[list[int]],
+    decode: Callable[..., dict[int, str]],
+    trust_remote_code: bool,
+) -> dict[int, str]:
+    """Every prompt answered through Arrow over the task LoRAs of the chosen stage."""
+    recipe, saved = artifact.recipe(), runs.open_run(artifact.path)
+    assert recipe is not None and artifact.stage is not None
+    base = load_model(artifact.base, device(), trust_remote_code)
+    model, experts = load_experts(base, saved, artifact.stage)
+    model.eval()
+    with arrow_served(model, experts, recipe.strategy.arrow, recipe.seed):
+        return decode(model, prompts=ids)
 
 
 def routed_answers(

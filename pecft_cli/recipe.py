@@ -85,6 +85,14 @@ class LoraSection(Section):
         return value
 
 
+class ArrowSection(Section):
+    """PEFT's Arrow router (strategy.routing: arrow): how many task LoRAs each token mixes,
+    and the temperature of the softmax over their similarities."""
+
+    top_k: int = Field(3, gt=0, le=COUNT_LIMIT)
+    temperature: float = Field(1.0, gt=0)
+
+
 class StrategySection(Section):
     """The continual-learning strategy and its own options (checked by the strategy itself)."""
 
@@ -93,11 +101,13 @@ class StrategySection(Section):
     replay: dict[str, Any] | None = Field(
         None, description="replay options, to add a replay buffer to any strategy that takes one"
     )
-    routing: Literal["none", "prototype"] = Field(
+    routing: Literal["none", "prototype", "arrow"] = Field(
         "none",
         description="prototype: serve each input with the LoRA of the task its prompt is nearest "
-        "to (strategies with a LoRA per task)",
+        "to; arrow: PEFT's Arrow mixes the task LoRAs token by token (strategies with a LoRA per "
+        "task)",
     )
+    arrow: ArrowSection = ArrowSection()
 
 
 class TrainingSection(Section):

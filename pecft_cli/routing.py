@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
+from peft import ArrowConfig, LoraConfig, PeftModel
 from safetensors.torch import load_file, save_file
 
 from pecft_cli import runs
@@ -28,10 +28,12 @@ from pecft_cli.artifacts import adapter_error
 from pecft_cli.data import TaskData
 from pecft_cli.errors import PecftError
 from pecft_cli.evaluate import TaskScore, combine
+from pecft_cli.recipe import ArrowSection
 
 PROTOTYPE_EXAMPLES = 256  # training prompts a prototype is the mean of, at most
 EMBED_BATCH = 32
 WEIGHTS_FILE = "prototypes.safetensors"
+ARROW_ADAPTER = "arrow_router"  # the name PEFT's Arrow layers leave out of the experts
 INDEX_FILE = "router.json"
 
 
@@ -147,6 +149,45 @@ def load_stages(model: Any, saved: runs.SavedRun, stage: str) -> PeftModel:
     except Exception as exc:
         raise adapter_error(saved.folder.root / "adapters", exc) from None
     return routed
+
+
+@contextlib.contextmanager
+def arrow_served(
+    model: PeftModel, experts: list[str], arrow: ArrowSection, seed: int
+) -> Iterator[None]:
+    """While the block runs, the model answers through PEFT's Arrow router over the LoRAs
+    named `experts`: each token's input is compared with each LoRA's prototype (the top right
+    singular vector of its B A, seeded power iteration) and the top-k LoRAs are mixed by a
+    softmax of those similarities. Training-free, so nothing is saved; the caller restores the
+    adapters it had active afterwards."""
+    first = model.peft_config[experts[0]]
+    mixing = ArrowConfig(
+        top_k=min(arrow.top_k, len(experts)), router_temperature=arrow.temperature, rng_seed=seed
+    )
+    mixing.task_adapter_names, mixing.gks_adapter_names = list(experts), []  # as PEFT's own setup
+    config = LoraConfig(r=first.r, target_modules=first.target_modules, arrow_config=mixing)
+    model.add_adapter(ARROW_ADAPTER, config)
+    model.base_model.set_adapter(ARROW_ADAPTER)
+    try:
+        yield
+    finally:
+        model.delete_adapter(ARROW_ADAPTER)
+
+
+def load_experts(model: Any, saved: runs.SavedRun, stage: str) -> tuple[PeftModel, list[str]]:
+    """The base with the own LoRA of every task up to `stage` (task_loras/), for Arrow, and
+    their adapter names."""
+    base = model.unload() if isinstance(model, PeftModel) else model
+    planned = saved.state.planned_stages
+    names = planned[: planned.index(stage) + 1]
+    folders = [saved.folder.task_lora(i, name) for i, name in enumerate(names)]
+    try:
+        experts = PeftModel.from_pretrained(base, folders[0], adapter_name=served(0))
+        for index, folder in enumerate(folders[1:], start=1):
+            experts.load_adapter(folder, adapter_name=served(index))
+    except Exception as exc:
+        raise adapter_error(saved.folder.root / "task_loras", exc) from None
+    return experts, [served(i) for i in range(len(names))]
 
 
 def score_routed(

@@ -19,6 +19,7 @@ import contextlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -50,7 +51,14 @@ from pecft_cli.preemption import StopSignals
 from pecft_cli.preflight import preflight
 from pecft_cli.recipe import Recipe, output_dir
 from pecft_cli.recipe_file import dump_recipe
-from pecft_cli.routing import PROTOTYPE_EXAMPLES, Router, embed, routed_correctly, score_routed
+from pecft_cli.routing import (
+    PROTOTYPE_EXAMPLES,
+    Router,
+    arrow_served,
+    embed,
+    routed_correctly,
+    score_routed,
+)
 from pecft_cli.strategies import build_strategy, strategy_label
 from pecft_cli.strategies.base import Stage
 
@@ -341,8 +349,12 @@ class TaskLoop:
         def plain(data: TaskData) -> TaskScore:
             return score(data, ctx.recipe.evaluation)
 
+        if stage == runs.BASE:
+            return plain(task)
+        if ctx.recipe.strategy.routing == "arrow":
+            return self.score_arrow(plain, task, stage)
         router = ctx.router
-        if router is None or stage == runs.BASE:
+        if router is None:
             return plain(task)
         if task.name not in self.eval_vectors:
             prompts = [example.prompt_ids for example in task.eval]
@@ -358,6 +370,19 @@ class TaskLoop:
 
         try:
             return score_routed(plain, task, routes, serve, router.tasks)
+        finally:
+            ctx.strategy.serve(ctx.model, None)
+
+    def score_arrow(
+        self, plain: Callable[[TaskData], TaskScore], task: TaskData, stage: str
+    ) -> TaskScore:
+        """One task scored through PEFT's Arrow over the task LoRAs trained so far."""
+        ctx = self.ctx
+        (current,) = [s for s in self.stages if s.name == stage]
+        experts = ctx.strategy.experts(current)
+        try:
+            with arrow_served(ctx.model, experts, ctx.recipe.strategy.arrow, ctx.recipe.seed):
+                return plain(task)
         finally:
             ctx.strategy.serve(ctx.model, None)
 

@@ -17,6 +17,7 @@ from pecft_cli.errors import PecftError
 from pecft_cli.recipe import LoraSection
 from pecft_cli.recipe_file import load_recipe
 from pecft_cli.routing import Router, embed
+from pecft_cli.runs import read_matrix
 from pecft_cli.strategies.base import lora_config
 from pecft_cli.train import run
 
@@ -129,3 +130,30 @@ def test_generate_answers_each_prompt_with_the_adapter_its_router_picks(routed_r
     assert [a["answer"] for a in answers] == [p["prediction"] for p in predictions]
     plain = invoke("generate", routed_run / "adapters/02-yesno", "--task", "codes", "-f", rows)
     assert plain.exit_code == 0, plain.output  # an adapter folder is used as it is, unrouted
+
+
+def test_arrow_mixes_the_task_loras_and_eval_and_generate_reproduce_it(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    plain_dir, arrow_dir = tmp_path / "plain", tmp_path / "arrow"
+    plain_dir.mkdir(), arrow_dir.mkdir()
+    common = ["strategy.name=separate", "training.max_steps=4"]
+    plain = run(load_recipe(write_recipe(plain_dir, tiny_model), common))
+    arrow = run(
+        load_recipe(write_recipe(arrow_dir, tiny_model), [*common, "strategy.routing=arrow"])
+    )
+    _, plain_rows = read_matrix(plain.folder / "eval/matrix.csv")
+    _, arrow_rows = read_matrix(arrow.folder / "eval/matrix.csv")
+    assert arrow_rows["codes"] == plain_rows["codes"]  # one expert: Arrow serves it alone
+    assert sorted((arrow.folder / "task_loras").iterdir())[-1].name == "02-yesno"
+    out = tmp_path / "again"
+    assert invoke("eval", arrow.folder, "--out", out).exit_code == 0
+    assert (out / "matrix.csv").read_text() == (arrow.folder / "eval/matrix.csv").read_text()
+    rows = arrow_dir / "data/codes/eval.jsonl"
+    result = invoke("generate", arrow.folder, "--task", "codes", "--file", rows, "--json")
+    assert result.exit_code == 0, result.output
+    lines = (arrow.folder / "eval/predictions/yesno/codes.jsonl").read_text().splitlines()
+    predictions = sorted(map(json.loads, lines), key=lambda p: p["row"])
+    assert [a["answer"] for a in json.loads(result.stdout)] == [
+        p["prediction"] for p in predictions
+    ]

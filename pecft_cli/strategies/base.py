@@ -13,6 +13,7 @@ module overrides only what it changes and the loop never branches on a strategy'
         save_adapter(model, stage, folder)         adapters/NN-<stage>, for stock PEFT
         save_extras(model, stage, run)             anything else, in the run folder
         serve(model, earlier stage or None)        routing only: answer as after that stage
+        experts(stage)                             routing only: the task LoRAs Arrow mixes
         state_dict()                               into the checkpoint
 
 Replay is not a strategy hook: any strategy takes a replay buffer (`pecft_cli.replay_buffer`),
@@ -117,6 +118,11 @@ class Strategy:
     def serve(self, model: PeftModel, stage: Stage | None) -> None:
         """Routing only: make the model answer as it did right after `stage`, or, with None, as
         it stands after the latest stage (how training left it)."""
+
+    def experts(self, stage: Stage) -> list[str]:
+        """Routing only: the PEFT adapter names of the task LoRAs trained up to `stage`, each
+        task's own, for a router that mixes them (Arrow)."""
+        return []
 
     def save_adapter(self, model: PeftModel, stage: Stage, folder: Path) -> None:
         """Write the model after `stage` into `folder` as one adapter that stock PEFT loads."""

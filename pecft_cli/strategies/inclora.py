@@ -46,6 +46,9 @@ class IncrementalLora(Strategy):
         else:
             model.base_model.set_adapter([stacked.task_adapter(i) for i in range(stage.index + 1)])
 
+    def experts(self, stage: Stage) -> list[str]:
+        return [stacked.task_adapter(i) for i in range(stage.index + 1)]
+
     def save_adapter(self, model: PeftModel, stage: Stage, folder: Path) -> None:
         stacked.save_stack(model, stage.index, folder)
 

@@ -5,7 +5,8 @@ them and nothing they learnt helps it. Without a router the model after task k i
 alone, which forgets every earlier task by construction; with `strategy.routing: prototype` each
 input is served by the LoRA of the task it is routed to, so the matrix shows what routing keeps.
 Served with an oracle task id, it is the per-task-LoRA ceiling of any routed method. Every
-adapter is a plain PEFT LoRA (`adapters/<NN>-<task>/` is task NN's own).
+adapter is a plain PEFT LoRA (`adapters/<NN>-<task>/` is task NN's own; `task_loras/` holds the
+same LoRAs, where routers that mix task LoRAs find them for every strategy).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 
 from peft import PeftModel
 
-from pecft_cli import runs
 from pecft_cli.adapters import save_adapter
 from pecft_cli.strategies import stacked
 from pecft_cli.strategies.base import Stage
@@ -35,6 +35,3 @@ class Separate(IncrementalLora):
 
     def save_adapter(self, model: PeftModel, stage: Stage, folder: Path) -> None:
         save_adapter(model, folder, stacked.task_adapter(stage.index))
-
-    def save_extras(self, model: PeftModel, stage: Stage, run: runs.RunFolder) -> None:
-        """Nothing: the stage's adapter is its task's own LoRA already."""

@@ -75,8 +75,9 @@ def completed(folder: Path) -> bool:
     return state.is_file() and json.loads(state.read_text())["status"] == "completed"
 
 
-def train(recipe: Path, overrides: list[str], folder: Path, record: Path) -> Path:
-    """One `pecft train` into folder, unless its record exists; returns the record."""
+def train(recipe: Path, overrides: list[str], folder: Path, record: Path) -> Path | None:
+    """One `pecft train` into folder, unless its record exists; returns the record, or None
+    when the run failed (its exit code and run.json say why; the benchmark goes on)."""
     if completed(record):
         return record
     if not completed(folder):
@@ -84,7 +85,10 @@ def train(recipe: Path, overrides: list[str], folder: Path, record: Path) -> Pat
         for item in [*overrides, f"output_dir={folder}"]:
             command += ["--set", item]
         print("$", shlex.join(command), flush=True)
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        done = subprocess.run(command, stdout=subprocess.DEVNULL)
+        if done.returncode != 0:
+            print(f"failed with exit code {done.returncode}: {folder}", flush=True)
+            return None
     for name in RECORDED:
         (record / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(folder / name, record / name)
@@ -108,14 +112,17 @@ def one_task_recipes(stream: str, folder: Path) -> list[Path]:
 
 
 def run_once(stream: str, strategy: str, seed: int, runs: Path, records: Path) -> list[Path]:
-    """The records of one strategy and seed: one, or one per task for the ceiling."""
+    """The records of one strategy and seed: one, or one per task for the ceiling; none when a
+    run failed."""
     name = f"{strategy}-seed{seed}"
     folder, record = runs / stream / name, records / stream / name
     if strategy == CEILING:
         recipes = one_task_recipes(stream, folder)
-        return [train(r, [f"seed={seed}"], folder / r.stem, record / r.stem) for r in recipes]
-    overrides = [*STRATEGIES[strategy], f"seed={seed}"]
-    return [train(RECIPES / f"{stream}.yaml", overrides, folder, record)]
+        done = [train(r, [f"seed={seed}"], folder / r.stem, record / r.stem) for r in recipes]
+    else:
+        overrides = [*STRATEGIES[strategy], f"seed={seed}"]
+        done = [train(RECIPES / f"{stream}.yaml", overrides, folder, record)]
+    return [] if None in done else [path for path in done if path is not None]
 
 
 def spread(values: list[float | None], form: str = ".1f", scale: float = 100) -> str:
@@ -276,6 +283,9 @@ def main(argv: list[str] | None = None) -> None:
         rows, per_task = [], []
         for strategy in strategies:
             folders = [run_once(stream, strategy, seed, runs, records) for seed in seeds]
+            folders = [one for one in folders if one]
+            if not folders:
+                continue
             rows.append(summarize(strategy, folders))
             per_task.append(task_row(strategy, folders))
             print(stream, rows[-1], flush=True)

@@ -29,6 +29,15 @@ def test_strategy_runs_on_a_4bit_base(strategy: str, tmp_path: Path, tiny_model_
         assert rescore_with_stock_peft(result.folder, number) == rows[stage]
 
 
+@pytest.mark.parametrize("routing", ["prototype", "arrow"])
+def test_routing_runs_on_a_4bit_base(routing: str, tmp_path: Path, tiny_model_64: Path) -> None:
+    overrides = ["strategy.name=separate", f"strategy.routing={routing}", "training.max_steps=2"]
+    overrides.append("model.quantization=4bit")
+    result = run(load_recipe(write_recipe(tmp_path, tiny_model_64), overrides))
+    assert result.state.status == "completed"
+    assert (result.folder / "task_loras/02-yesno/adapter_model.safetensors").is_file()
+
+
 def test_an_evaluation_leaves_4bit_gradients_intact(tmp_path: Path, tiny_model_64: Path) -> None:
     """bitsandbytes re-packs 4-bit weights for CPU inference in eval mode and never packs them
     back; backward through that kernel dropped the LoRA gradients of every later task."""

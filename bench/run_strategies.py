@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/run_strategies.py                                # everything
     .venv/bin/python bench/run_strategies.py --streams atlas --strategies seq,olora --seeds 0
+    .venv/bin/python bench/run_strategies.py --streams quickstart --strategies olora,joint \
+        --seeds 0 --sweep training.lr=3e-4,1e-3,3e-3             # a sweep, its own table
 
 Each run is a plain `pecft train bench/recipes/<stream>.yaml --set ...` into
 bench/runs/<stream>/<strategy>-seed<N>/. What the tables read of a completed run (run.json,
@@ -24,6 +26,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -111,18 +114,45 @@ def one_task_recipes(stream: str, folder: Path) -> list[Path]:
     return paths
 
 
-def run_once(stream: str, strategy: str, seed: int, runs: Path, records: Path) -> list[Path]:
-    """The records of one strategy and seed: one, or one per task for the ceiling; none when a
-    run failed."""
-    name = f"{strategy}-seed{seed}"
+def run_once(stream: str, variant: Variant, seed: int, runs: Path, records: Path) -> list[Path]:
+    """The records of one strategy (with its sweep setting) and seed: one, or one per task for
+    the ceiling; none when a run failed."""
+    name = f"{variant.folder}-seed{seed}"
     folder, record = runs / stream / name, records / stream / name
-    if strategy == CEILING:
+    extra = [*variant.overrides, f"seed={seed}"]
+    if variant.strategy == CEILING:
         recipes = one_task_recipes(stream, folder)
-        done = [train(r, [f"seed={seed}"], folder / r.stem, record / r.stem) for r in recipes]
+        done = [train(r, extra, folder / r.stem, record / r.stem) for r in recipes]
     else:
-        overrides = [*STRATEGIES[strategy], f"seed={seed}"]
+        overrides = [*STRATEGIES[variant.strategy], *extra]
         done = [train(RECIPES / f"{stream}.yaml", overrides, folder, record)]
     return [] if None in done else [path for path in done if path is not None]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A strategy as one table row: with no sweep, the strategy itself; in a sweep, the
+    strategy at one value of the swept recipe key."""
+
+    strategy: str
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        setting = " ".join(item.rsplit(".", 1)[-1] for item in self.overrides)
+        return f"{self.strategy} {setting}".strip()
+
+    @property
+    def folder(self) -> str:
+        return self.label.replace(" ", "_")
+
+
+def variants(strategies: list[str], sweep: str | None) -> list[Variant]:
+    """Every row to run: each strategy, or each strategy at each value of `key=v1,v2,...`."""
+    if sweep is None:
+        return [Variant(strategy) for strategy in strategies]
+    key, values = sweep.split("=", 1)
+    return [Variant(s, (f"{key}={value}",)) for s in strategies for value in values.split(",")]
 
 
 def spread(values: list[float | None], form: str = ".1f", scale: float = 100) -> str:
@@ -268,6 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records", type=Path, default=ROOT / "bench" / "records")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--no-write", action="store_true", help="run and print; leave the doc")
+    parser.add_argument(
+        "--sweep", help="KEY=V1,V2,...: each strategy at each value of a recipe key"
+    )
     args = parser.parse_args(argv)
     strategies, streams = args.strategies.split(","), args.streams.split(",")
     unknown = [s for s in strategies if s not in STRATEGIES] + [
@@ -281,23 +314,21 @@ def main(argv: list[str] | None = None) -> None:
     runs, records = args.runs.resolve(), args.records.resolve()
     for stream in streams:
         rows, per_task = [], []
-        for strategy in strategies:
-            folders = [run_once(stream, strategy, seed, runs, records) for seed in seeds]
+        for variant in variants(strategies, args.sweep):
+            folders = [run_once(stream, variant, seed, runs, records) for seed in seeds]
             folders = [one for one in folders if one]
             if not folders:
                 continue
-            rows.append(summarize(strategy, folders))
-            per_task.append(task_row(strategy, folders))
+            rows.append(summarize(variant.label, folders))
+            per_task.append(task_row(variant.label, folders))
             print(stream, rows[-1], flush=True)
-        command = ".venv/bin/python bench/run_strategies.py " + shlex.join(
-            ["--streams", stream, "--strategies", args.strategies, "--seeds", args.seeds]
-        )
+        options = ["--streams", stream, "--strategies", args.strategies, "--seeds", args.seeds]
+        options += ["--sweep", args.sweep] if args.sweep else []
+        command = ".venv/bin/python bench/run_strategies.py " + shlex.join(options)
         if not args.no_write:
-            write_section(
-                args.results.resolve(),
-                stream,
-                stream_section(stream, rows, per_task, command, records),
-            )
+            block = stream if args.sweep is None else f"{stream} sweep {args.sweep.split('=')[0]}"
+            section = stream_section(stream, rows, per_task, command, records)
+            write_section(args.results.resolve(), block, section)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,15 @@ def completed(folder: Path) -> bool:
     return state.is_file() and json.loads(state.read_text())["status"] == "completed"
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where runs go and their records are kept; `recorded_only` trains nothing."""
+
+    runs: Path
+    records: Path
+    recorded_only: bool = False
+
+
 def train(recipe: Path, overrides: list[str], folder: Path, record: Path) -> Path | None:
     """One `pecft train` into folder, unless its record exists; returns the record, or None
     when the run failed (its exit code and run.json say why; the benchmark goes on)."""
@@ -98,6 +107,11 @@ def train(recipe: Path, overrides: list[str], folder: Path, record: Path) -> Pat
     return record
 
 
+def stream_tasks(stream: str) -> list[str]:
+    recipe = yaml.safe_load((RECIPES / f"{stream}.yaml").read_text(encoding="utf-8"))
+    return [task["name"] for task in recipe["tasks"]]
+
+
 def one_task_recipes(stream: str, folder: Path) -> list[Path]:
     """The stream's recipe cut into one recipe per task, data paths made absolute."""
     recipe = RECIPES / f"{stream}.yaml"
@@ -114,11 +128,15 @@ def one_task_recipes(stream: str, folder: Path) -> list[Path]:
     return paths
 
 
-def run_once(stream: str, variant: Variant, seed: int, runs: Path, records: Path) -> list[Path]:
+def run_once(stream: str, variant: Variant, seed: int, place: Place) -> list[Path]:
     """The records of one strategy (with its sweep setting) and seed: one, or one per task for
-    the ceiling; none when a run failed."""
+    the ceiling; none when a run failed, or is not recorded and `place` trains nothing."""
     name = f"{variant.folder}-seed{seed}"
-    folder, record = runs / stream / name, records / stream / name
+    folder, record = place.runs / stream / name, place.records / stream / name
+    if place.recorded_only:
+        tasks = stream_tasks(stream) if variant.strategy == CEILING else []
+        wanted = [record / task for task in tasks] or [record]
+        return wanted if all(completed(one) for one in wanted) else []
     extra = [*variant.overrides, f"seed={seed}"]
     if variant.strategy == CEILING:
         recipes = one_task_recipes(stream, folder)
@@ -245,8 +263,7 @@ def stream_section(
     stream: str, rows: list[list[str]], per_task: list[list[str]], command: str, runs: Path
 ) -> str:
     """The generated part of docs/results.md for one stream."""
-    recipe = yaml.safe_load((RECIPES / f"{stream}.yaml").read_text(encoding="utf-8"))
-    tasks = [task["name"] for task in recipe["tasks"]]
+    tasks = stream_tasks(stream)
     first = next((runs / stream).glob("*/run.json"), None) or next(
         (runs / stream).glob("*/*/run.json")
     )
@@ -301,6 +318,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sweep", help="KEY=V1,V2,...: each strategy at each value of a recipe key"
     )
+    parser.add_argument(
+        "--recorded", action="store_true", help="write the tables from the records; train nothing"
+    )
     args = parser.parse_args(argv)
     strategies, streams = args.strategies.split(","), args.streams.split(",")
     unknown = [s for s in strategies if s not in STRATEGIES] + [
@@ -311,11 +331,11 @@ def main(argv: list[str] | None = None) -> None:
             f"unknown {unknown}; strategies: {', '.join(STRATEGIES)}; streams: {', '.join(STREAMS)}"
         )
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs, records = args.runs.resolve(), args.records.resolve()
+    place = Place(args.runs.resolve(), args.records.resolve(), args.recorded)
     for stream in streams:
         rows, per_task = [], []
         for variant in variants(strategies, args.sweep):
-            folders = [run_once(stream, variant, seed, runs, records) for seed in seeds]
+            folders = [run_once(stream, variant, seed, place) for seed in seeds]
             folders = [one for one in folders if one]
             if not folders:
                 continue
@@ -327,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         command = ".venv/bin/python bench/run_strategies.py " + shlex.join(options)
         if not args.no_write:
             block = stream if args.sweep is None else f"{stream} sweep {args.sweep.split('=')[0]}"
-            section = stream_section(stream, rows, per_task, command, records)
+            section = stream_section(stream, rows, per_task, command, place.records)
             write_section(args.results.resolve(), block, section)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,27 +58,91 @@ class TaskData:
 # Reading rows
 
 
-def read_rows(task: TaskSection, split: str) -> tuple[list[dict[str, Any]], str]:
-    """The rows of a task's train or eval data, with a description of where they came from."""
+@dataclass
+class Rows:
+    """A split's rows, where they came from, and which of their fields are class columns
+    (`ClassLabel` features, given by name; None when the source has no features)."""
+
+    rows: list[dict[str, Any]]
+    classes: frozenset[str] | None = None
+    described: str = ""
+
+    def named(self, described: str) -> Rows:
+        self.described = described
+        return self
+
+
+def read_rows(task: TaskSection, split: str) -> Rows:
+    """The rows of a task's train or eval data, sampled per class when the task asks."""
+    read = read_split(task, split)
+    counts = task.per_class
+    count = None if counts is None else (counts.train if split == "train" else counts.eval)
+    if counts is not None and count is not None:
+        where = f"tasks '{task.name}' {split} ({read.described}), per_class"
+        read.rows = per_class(read, task.class_field(), count, counts.seed, where)
+    return read
+
+
+def read_split(task: TaskSection, split: str) -> Rows:
+    """A split as its source holds it: a local file or folder, a saved dataset, or the hub."""
     where = f"tasks '{task.name}' {split}"
     reference = task.train if split == "train" else task.eval
     if task.source is None:
-        return read_local(Path(reference), where), reference
+        if Path(reference).is_dir():
+            return Rows(*read_saved(Path(reference), None, where)).named(reference)
+        return Rows(read_local(Path(reference), where)).named(reference)
     source = Path(task.source)
+    described = f"{task.source} [{reference}]"
     if source.is_dir():
-        return read_saved(source, reference, where), f"{task.source} [{reference}]"
+        return Rows(*read_saved(source, reference, where)).named(described)
     if source.is_absolute():
         raise PecftError(
             f"{where}: source {task.source} does not exist. Give a `datasets.save_to_disk` folder "
             "or a hub dataset id as source, or drop source and name data files in train and eval."
         )
-    return read_hub(task.source, task.config, reference, where), f"{task.source} [{reference}]"
+    return Rows(*read_hub(task.source, task.config, reference, where)).named(described)
+
+
+def per_class(read: Rows, field: str, count: int, seed: int, where: str) -> list[dict[str, Any]]:
+    """At most `count` rows of each value of `field`, drawn with a seeded generator, in the
+    source's order. A source with features must have `field` as a class column."""
+    if read.classes is not None and field not in read.classes:
+        named = ", ".join(sorted(read.classes)) or "none"
+        raise PecftError(
+            f"{where}: the target field '{field}' is not a class column of this dataset (a "
+            f"ClassLabel feature); per_class samples by class. Class columns here: {named}. "
+            "Drop per_class, or name a class column in the target."
+        )
+    groups: dict[str, list[int]] = {}
+    for index, row in enumerate(read.rows):
+        groups.setdefault(str(row.get(field)), []).append(index)
+    draw = random.Random(seed)
+    kept = []
+    for label in sorted(groups):
+        members = groups[label]
+        kept += draw.sample(members, count) if len(members) > count else members
+    return [read.rows[index] for index in sorted(kept)]
+
+
+def dataset_rows(data: Any) -> tuple[list[dict[str, Any]], frozenset[str]]:
+    """A `datasets.Dataset` as rows, a `ClassLabel` column's integers written as the class
+    names (so a target on it yields "sports", not "1"), and the names of those columns."""
+    from datasets import ClassLabel
+
+    labels = {name: f for name, f in data.features.items() if isinstance(f, ClassLabel)}
+    rows = data.to_list()
+    for row in rows:
+        for name, feature in labels.items():
+            value = row.get(name)
+            if isinstance(value, int) and 0 <= value < feature.num_classes:
+                row[name] = feature.int2str(value)
+    return rows, frozenset(labels)
 
 
 def read_local(path: Path, where: str) -> list[dict[str, Any]]:
     """Rows of a local jsonl, json, csv or parquet file, or of a saved dataset folder."""
     if path.is_dir():
-        return read_saved(path, None, where)
+        return read_saved(path, None, where)[0]
     if not path.is_file():
         raise PecftError(
             f"{where}: data file {path} does not exist. Give a .jsonl, .json, .csv or .parquet "
@@ -173,8 +238,11 @@ def read_parquet(path: Path) -> list[dict[str, Any]]:
         raise PecftError(f"{path}: not a readable parquet file ({first_line(exc)}).") from None
 
 
-def read_saved(folder: Path, split: str | None, where: str) -> list[dict[str, Any]]:
-    """Rows of a `datasets.save_to_disk` folder (a Dataset, or one split of a DatasetDict)."""
+def read_saved(
+    folder: Path, split: str | None, where: str
+) -> tuple[list[dict[str, Any]], frozenset[str]]:
+    """Rows of a `datasets.save_to_disk` folder (a Dataset, or one split of a DatasetDict),
+    and its class columns."""
     from datasets import Dataset, load_from_disk
 
     try:
@@ -184,28 +252,32 @@ def read_saved(folder: Path, split: str | None, where: str) -> list[dict[str, An
             f"{where}: {folder} is not a `datasets.save_to_disk` folder ({exc})."
         ) from None
     if isinstance(data, Dataset):
-        return data.to_list()
+        return dataset_rows(data)
     splits = list(data.keys())
     if split is None or split not in splits:
         raise PecftError(
             f"{where}: {folder} holds the splits {', '.join(splits)}; set `source: {folder}` "
             "and name one of them as the task's train or eval."
         )
-    return data[split].to_list()
+    return dataset_rows(data[split])
 
 
-def read_hub(name: str, config: str | None, split: str, where: str) -> list[dict[str, Any]]:
-    """Rows of a hub dataset split (from the local cache when offline)."""
+def read_hub(
+    name: str, config: str | None, split: str, where: str
+) -> tuple[list[dict[str, Any]], frozenset[str]]:
+    """Rows of a hub dataset split (from the local cache when offline), and its class columns."""
     from datasets import load_dataset
 
     try:
-        return load_dataset(name, config, split=split).to_list()
+        data = load_dataset(name, config, split=split)
     except Exception as exc:  # datasets raises many types for a missing or offline dataset
         raise PecftError(
             f"{where}: could not load hub dataset '{name}' (config {short(config)}, split "
-            f"'{split}'): {first_line(exc)}. Check the id, config "
-            "and split, or point source at a local file or saved folder."
+            f"'{split}'): {first_line(exc)}. Check the id, config and split; offline, load it "
+            "once where the hub is reachable so that it is in the datasets cache, or save it "
+            "with `datasets.save_to_disk` and point source at that folder."
         ) from None
+    return dataset_rows(data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,7 +414,8 @@ def load_task(
     splits: dict[str, list[Example]] = {"train": []}
     sources = {}
     for split in ("train", "eval") if train else ("eval",):
-        rows, described = read_rows(task, split)
+        read = read_rows(task, split)
+        rows, described = read.rows, read.described
         if not rows:
             raise PecftError(
                 f"tasks '{task.name}' {split}: {described} holds no rows; every task needs "

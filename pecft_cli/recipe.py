@@ -175,6 +175,16 @@ class EvaluationSection(Section):
         return value
 
 
+class PerClass(Section):
+    """Seeded sampling by class: at most `train` rows of each class from the train split and
+    `eval` from the eval split (None: all of them), classes being the values of the field the
+    target names."""
+
+    train: int | None = Field(None, gt=0, le=COUNT_LIMIT)
+    eval: int | None = Field(None, gt=0, le=COUNT_LIMIT)
+    seed: int = Field(0, ge=0, lt=2**32)
+
+
 class TaskSection(Section):
     """One task of the stream: its data, how a row becomes a prompt and a target."""
 
@@ -194,7 +204,16 @@ class TaskSection(Section):
         None, description="answer options, or the name of a field holding each row's options"
     )
     metric: Metric | None = None
+    per_class: PerClass | None = Field(
+        None, description="rows per class to sample from each split; a number for both"
+    )
     training: TrainingOverride = TrainingOverride()
+
+    @field_validator("per_class", mode="before")
+    @classmethod
+    def _per_class_shorthand(cls, value: Any) -> Any:
+        """Accept `per_class: 500` as well as the full mapping."""
+        return {"train": value, "eval": value} if isinstance(value, int) else value
 
     @field_validator("name")
     @classmethod
@@ -208,7 +227,17 @@ class TaskSection(Section):
                 template_fields(template)
             except ValueError as exc:
                 raise ValueError(f"task '{self.name}', {key} template: {exc}") from None
+        if self.per_class is not None and len(template_fields(self.target_template())) != 1:
+            raise ValueError(
+                f"task '{self.name}', per_class: rows are grouped by the one field the target "
+                f"names, and the target '{self.target}' names "
+                f"{len(template_fields(self.target_template()))}; give a target of one field."
+            )
         return self
+
+    def class_field(self) -> str:
+        """The field whose values are the classes of `per_class`: the one the target names."""
+        return template_fields(self.target_template())[0]
 
     @field_validator("choices")
     @classmethod

@@ -150,3 +150,66 @@ def test_pad_right_pads_and_indexes_the_flat_grid() -> None:
 def test_tokenizer_without_pad_gets_eos(tokenizer, tiny_model: Path) -> None:
     assert AutoTokenizer.from_pretrained(tiny_model).pad_token is None
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
+
+
+def news_fixture(folder: Path) -> Path:
+    """A saved DatasetDict shaped like ag_news: text and an integer ClassLabel column."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    features = Features(
+        {"text": Value("string"), "label": ClassLabel(names=["world", "sports", "business"])}
+    )
+    rows = [{"text": f"story {i}", "label": i % 3} for i in range(30)]
+    splits = {name: Dataset.from_list(rows, features=features) for name in ("train", "test")}
+    DatasetDict(splits).save_to_disk(str(folder / "news"))
+    return folder / "news"
+
+
+def news_recipe(recipe_file: Path, *more: str):
+    news = news_fixture(recipe_file.parent)
+    overrides = [
+        f"tasks.1.source={news}",
+        "tasks.1.train=train",
+        "tasks.1.eval=test",
+        "tasks.1.prompt=News: {text} Topic: ",
+        "tasks.1.target=label",
+        "tasks.1.choices=[world, sports, business]",
+    ]
+    return load_recipe(recipe_file, [*overrides, *more])
+
+
+def test_a_class_label_target_yields_the_class_name(recipe_file: Path, tokenizer) -> None:
+    recipe = news_recipe(recipe_file)
+    data = load_task(recipe.tasks[1], recipe, tokenizer)
+    assert [e.target.strip() for e in data.eval[:4]] == ["world", "sports", "business", "world"]
+    assert data.eval[1].label == 1
+
+
+def test_per_class_sampling_is_seeded_and_balanced(recipe_file: Path, tokenizer) -> None:
+    def sampled(*more: str) -> list[str]:
+        recipe = news_recipe(recipe_file, *more)
+        return [e.prompt for e in load_task(recipe.tasks[1], recipe, tokenizer).train]
+
+    four = sampled("tasks.1.per_class=4")
+    assert len(four) == 12
+    assert sampled("tasks.1.per_class=4") == four
+    assert sampled("tasks.1.per_class={train: 4, seed: 1}") != four
+    recipe = news_recipe(recipe_file, "tasks.1.per_class={train: 2, eval: 1}")
+    data = load_task(recipe.tasks[1], recipe, tokenizer)
+    assert (
+        sorted(e.target.strip() for e in data.train)
+        == ["business"] * 2 + ["sports"] * 2 + ["world"] * 2
+    )
+    assert len(data.eval) == 3
+
+
+def test_per_class_on_a_column_that_is_not_a_class_is_refused(recipe_file: Path, tokenizer) -> None:
+    recipe = news_recipe(
+        recipe_file, "tasks.1.target=text", "tasks.1.choices=null", "tasks.1.per_class=2"
+    )
+    with pytest.raises(PecftError) as caught:
+        load_task(recipe.tasks[1], recipe, tokenizer)
+    message = str(caught.value)
+    assert "target field 'text' is not a class column" in message and "label" in message
+    with pytest.raises(PecftError, match="names 2; give a target of one field"):
+        news_recipe(recipe_file, "tasks.1.target={text} {label}", "tasks.1.per_class=2")

@@ -10,6 +10,10 @@ training (the base row). With T tasks (0-based indices below):
 - learning_accuracy = mean_j R[j][j]                               (score just after learning)
 
 bwt, fwt and forgetting need T >= 2 (fwt also the base row); otherwise they are None.
+
+A sparse matrix (`evaluation.cells: sparse`) leaves cells unscored (None): acc, bwt, fwt and
+learning_accuracy read only cells it always scores; forgetting's maximum runs over the rows that
+scored the task, and the metrics then say so under `cells`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from statistics import fmean
 
 
 def continual_metrics(
-    tasks: list[str], matrix: list[list[float]], base: list[float] | None = None
+    tasks: list[str], matrix: list[list[float | None]], base: list[float | None] | None = None
 ) -> dict[str, object]:
     """The metrics of a square T x T matrix (row i: after task i), with per-task values."""
     size = len(tasks)
@@ -26,9 +30,17 @@ def continual_metrics(
         raise ValueError(f"need a {size} x {size} matrix, one row per trained task")
     if base is not None and len(base) != size:
         raise ValueError(f"the base row has {len(base)} scores for {size} tasks")
+    needed = [*matrix[-1], *(matrix[j][j] for j in range(size))]
+    needed += [matrix[j - 1][j] for j in range(1, size)] if base is not None else []
+    if None in needed or (base is not None and None in base):
+        raise ValueError("the last row, the diagonal and the cell before each task are needed")
     last = matrix[-1]
     earlier = range(size - 1)
-    forgetting = [max(matrix[stage][j] for stage in earlier) - last[j] for j in earlier]
+
+    def highest(j: int) -> float:
+        return max(v for stage in earlier if (v := matrix[stage][j]) is not None)
+
+    forgetting = [highest(j) - last[j] for j in earlier]
     per_task = {}
     for j, name in enumerate(tasks):
         per_task[name] = {
@@ -37,7 +49,7 @@ def continual_metrics(
             "final": last[j],
             "forgetting": forgetting[j] if j < size - 1 else None,
         }
-    return {
+    metrics: dict[str, object] = {
         "acc": fmean(last),
         "bwt": fmean(last[j] - matrix[j][j] for j in earlier) if size > 1 else None,
         "fwt": (
@@ -49,6 +61,14 @@ def continual_metrics(
         "learning_accuracy": fmean(matrix[j][j] for j in range(size)),
         "tasks": per_task,
     }
+    scored = sum(v is not None for row in matrix for v in row)
+    if scored < size * size:
+        metrics["cells"] = {
+            "scored": scored,
+            "of": size * size,
+            "forgetting": "maximum over the rows that scored each task",
+        }
+    return metrics
 
 
 def stage_metrics(
@@ -75,11 +95,15 @@ def stage_metrics(
 def matrix_metrics(
     tasks: list[str], stages: list[str], matrix: dict[str, list[float | None]]
 ) -> dict[str, object] | None:
-    """The run's metrics once every trained stage has every task scored; None before."""
-    if any(matrix.get(stage) is None or None in matrix[stage] for stage in stages):
+    """The run's metrics once every trained stage has the cells they need (all of them, or a
+    sparse run's); None before."""
+    if any(matrix.get(stage) is None for stage in stages):
         return None
     base = matrix.get("base")
     complete = {stage: matrix[stage] for stage in stages}
     if base is not None and None not in base:
         complete["base"] = base
-    return stage_metrics(tasks, stages, complete)
+    try:
+        return stage_metrics(tasks, stages, complete)
+    except ValueError:
+        return None

@@ -166,6 +166,14 @@ class EvaluationSection(Section):
     )
     max_new_tokens: int = Field(16, gt=0, le=COUNT_LIMIT)
     stop: list[str] = Field(["\n"], description="generation ends at the first of these strings")
+    cells: Literal["all", "sparse"] = Field(
+        "all",
+        description="sparse: after each stage score only its own tasks and the next stage's, "
+        "and every task after the last stage (and every `full_every`-th)",
+    )
+    full_every: int = Field(
+        0, ge=0, le=COUNT_LIMIT, description="with cells: sparse, every k-th stage's whole row"
+    )
 
     @field_validator("stop")
     @classmethod

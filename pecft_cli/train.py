@@ -326,8 +326,12 @@ class TaskLoop:
         started = time.perf_counter()
         row: list[float | None] = []
         routed = [0, 0]  # inputs of trained tasks: sent to their own task's LoRA, all
+        chosen = self.cells(stage)
         with torch.random.fork_rng(devices=cuda_devices(ctx.accelerator)):
-            for task in ctx.tasks:
+            for index, task in enumerate(ctx.tasks):
+                if index not in chosen:
+                    row.append(None)
+                    continue
                 task_started = time.perf_counter()
                 result = self.score_task(task, stage, routed)
                 if ctx.main:
@@ -340,6 +344,19 @@ class TaskLoop:
         if routed[1]:
             ctx.state.routing_accuracy[stage] = round(routed[0] / routed[1], 6)
         return row
+
+    def cells(self, stage: str) -> set[int]:
+        """The tasks scored after `stage`: all of them, or with `evaluation.cells: sparse` the
+        stage's own and the next stage's (every task at the base row, the last stage and each
+        `full_every`-th), the cells the metrics need."""
+        evaluation, everything = self.ctx.recipe.evaluation, set(range(len(self.ctx.tasks)))
+        if evaluation.cells == "all" or stage == runs.BASE:
+            return everything
+        (index,) = [s.index for s in self.stages if s.name == stage]
+        every = evaluation.full_every
+        if index == len(self.stages) - 1 or (every and (index + 1) % every == 0):
+            return everything
+        return {*self.stages[index].tasks, *self.stages[index + 1].tasks}
 
     def score_task(self, task: TaskData, stage: str, routed: list[int]) -> TaskScore:
         """One task at one row: routed when the run has a router and this is no base row."""

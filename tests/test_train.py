@@ -178,3 +178,53 @@ def test_a_diverging_task_stops_at_its_step_with_exit_3_and_keeps_what_came_befo
     assert (saved["stage_index"], saved["step"]) == (1, 0)  # the end of the last good stage
     logged = [json.loads(line) for line in (folder / "logs/train.jsonl").read_text().splitlines()]
     assert all(entry["loss"] == entry["loss"] for entry in logged)  # no NaN logged
+
+
+def four_task_recipe(recipe_file: Path, *more: str):
+    """The two tasks twice over: a stream long enough for sparse scoring to leave cells out."""
+    import yaml
+
+    recipe = yaml.safe_load(recipe_file.read_text())
+    twins = [dict(task, name=task["name"] + "_again") for task in recipe["tasks"]]
+    recipe["tasks"] += twins
+    path = recipe_file.parent / "four.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return load_recipe(path, ["training.max_steps=2", *more])
+
+
+def test_sparse_cells_score_what_the_metrics_need_and_match_a_full_run(
+    recipe_file: Path,
+) -> None:
+    full = run(four_task_recipe(recipe_file, f"output_dir={recipe_file.parent / 'full'}"))
+    sparse = run(
+        four_task_recipe(
+            recipe_file, "evaluation.cells=sparse", f"output_dir={recipe_file.parent / 'sparse'}"
+        )
+    )
+    _, every = read_matrix(full.folder / "eval/matrix.csv")
+    tasks, some = read_matrix(sparse.folder / "eval/matrix.csv")
+    scored = {
+        stage: [t for t, v in zip(tasks, row, strict=True) if v is not None]
+        for stage, row in some.items()
+    }
+    assert scored["codes"] == ["codes", "yesno"]
+    assert scored["yesno"] == ["yesno", "codes_again"]
+    assert scored["codes_again"] == ["codes_again", "yesno_again"]
+    assert scored["base"] == scored["yesno_again"] == tasks
+    for stage, row in some.items():
+        assert all(v is None or v == every[stage][j] for j, v in enumerate(row))
+    one = json.loads((full.folder / "eval/metrics.json").read_text())
+    other = json.loads((sparse.folder / "eval/metrics.json").read_text())
+    for key in ("acc", "bwt", "fwt", "learning_accuracy"):
+        assert other[key] == one[key]
+    assert other["cells"]["scored"] == 10 and other["cells"]["of"] == 16
+    assert "cells" not in one
+    assert not (sparse.folder / "eval/predictions/codes/codes_again.jsonl").exists()
+
+
+def test_full_every_scores_every_kth_row_whole(recipe_file: Path) -> None:
+    overrides = ["evaluation.cells=sparse", "evaluation.full_every=2"]
+    result = run(four_task_recipe(recipe_file, *overrides))
+    tasks, rows = read_matrix(result.folder / "eval/matrix.csv")
+    assert None not in rows["yesno"] and None not in rows["yesno_again"]
+    assert rows["codes"][2:] == [None, None] and rows["codes_again"][:2] == [None, None]

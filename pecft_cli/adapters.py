@@ -14,7 +14,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from peft import PeftModel
+import torch
+from peft import PeftConfig, PeftModel
+from safetensors.torch import save_file
 
 CONFIG_FILE = "adapter_config.json"
 
@@ -28,6 +30,14 @@ def save_adapter(model: PeftModel, folder: Path, name: str = "default") -> None:
             model.save_pretrained(scratch, selected_adapters=[name])
             for item in (Path(scratch) / name).iterdir():
                 shutil.move(str(item), folder / item.name)
+    sort_target_modules(folder / CONFIG_FILE)
+
+
+def write_lora(folder: Path, config: PeftConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """An adapter folder from a config and its weights (keys as PEFT saves them), for adapters
+    pecft computes rather than trains: a stack, or OSF's change from the base."""
+    config.save_pretrained(str(folder))
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     sort_target_modules(folder / CONFIG_FILE)
 
 

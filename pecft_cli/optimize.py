@@ -232,6 +232,7 @@ class StageTrainer:
             "first_loss": self.progress["losses"][0],
             "last_loss": self.progress["losses"][-1],
             "seconds": round(seconds, 2),
+            "peak_memory_mb": runs.peak_memory_mb(),  # the process's peak so far
         }
 
 

@@ -117,4 +117,5 @@ def test_replay_combines_with_olora(tiny_model: Path) -> None:
     buffer.remember(0, own)
     strategy.before_stage(model, stages[1], [])
     assert len(buffer.mix(examples("b", 5))) == 7
-    assert list(model.base_model.active_adapters) == ["task01", "task02"]
+    assert list(model.base_model.active_adapters) == ["task02"]  # task01 folded into the base
+    assert len(strategy.folded) == 1

@@ -109,6 +109,7 @@ def test_the_seed_does_not_depend_on_what_loading_draws(
             **summary,
             "seconds": drawn.state.training[task]["seconds"],
             "tokens_per_s": drawn.state.training[task]["tokens_per_s"],
+            "peak_memory_mb": drawn.state.training[task]["peak_memory_mb"],
         }
         for task, summary in plain.state.training.items()
     }

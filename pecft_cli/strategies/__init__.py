@@ -127,6 +127,7 @@ def build_strategy(
     """The strategy object the task loop calls, and the replay buffer it mixes with, if any."""
     options, replay = build_options(section)
     strategy = STRATEGIES[section.name](options, lora, tasks, seed)
+    strategy.routed = section.routing != "none"
     return strategy, None if replay is None else ReplayBuffer(replay, seed)
 
 

@@ -77,6 +77,7 @@ class Strategy:
         self.lora = lora
         self.tasks = tasks
         self.seed = seed
+        self.routed = False  # whether a router will serve earlier stages (set by build_strategy)
 
     @classmethod
     def replay_options(cls, options: Section) -> ReplayOptions | None:

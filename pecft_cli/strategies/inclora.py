@@ -1,4 +1,7 @@
-"""IncLoRA: a new LoRA per task, the earlier ones frozen but still active; no extra loss."""
+"""IncLoRA: a new LoRA per task, the earlier ones frozen but still active; no extra loss.
+
+Unrouted on a float base, each finished LoRA is folded into the base weights before the next
+task (see `stacked`), so a step costs the same at task 50 as at task 1."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
@@ -24,20 +28,44 @@ class IncrementalLora(Strategy):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.latest = 0
+        self.folds = False  # set by attach: fold finished LoRAs into the weights
+        self.folded: list[stacked.Weights] = []  # their weights, in task order
+        self.folded_a: dict[str, torch.Tensor] = {}  # their A rows, on the device, by module
 
     def attach(self, model: PreTrainedModel) -> PeftModel:
-        return stacked.attach_stack(model, self.lora)
+        peft_model = stacked.attach_stack(model, self.lora)
+        self.folds = not self.routed and not self.alone and stacked.can_fold(peft_model)
+        return peft_model
 
     def resume(self, model: PeftModel, finished: list[Stage], state: dict[str, Any]) -> None:
-        """Add back the LoRA of every finished task; the checkpoint then fills their weights."""
-        for stage in finished:
-            stacked.start_task(model, stage.index, self.lora, self.alone)
-            self.latest = stage.index
+        """Fold the folded tasks again, from their kept weights, and add back the LoRA of every
+        other finished task; the checkpoint then fills their weights."""
         self.load_state_dict(state)
+        kept, self.folded = self.folded, []
+        for stage in finished:
+            if stage.index < len(kept):
+                stacked.refold(model, stage.index, self.lora, kept[stage.index])
+                self.remember(model, kept[stage.index])
+            else:
+                stacked.start_task(model, stage.index, self.lora, self.alone)
+            self.latest = stage.index
 
     def before_stage(self, model: PeftModel, stage: Stage, examples: list[Example]) -> None:
+        previous = stacked.task_adapter(stage.index - 1)
+        if self.folds and stage.index > 0 and previous in model.peft_config:
+            self.remember(model, stacked.fold(model, stage.index - 1))
         stacked.start_task(model, stage.index, self.lora, self.alone)
         self.latest = stage.index
+
+    def remember(self, model: PeftModel, kept: stacked.Weights) -> None:
+        """Keep a folded task's weights, and its A rows on the device for losses that need
+        them (O-LoRA's)."""
+        self.folded.append(kept)
+        device = next(model.parameters()).device
+        for key, weights in kept.items():
+            rows = weights["A"].to(device)
+            earlier = self.folded_a.get(key)
+            self.folded_a[key] = rows if earlier is None else torch.cat([earlier, rows])
 
     def serve(self, model: PeftModel, stage: Stage | None) -> None:
         """The stack of tasks up to `stage` active; None restores the latest stage's setup."""
@@ -50,9 +78,15 @@ class IncrementalLora(Strategy):
         return [stacked.task_adapter(i) for i in range(stage.index + 1)]
 
     def save_adapter(self, model: PeftModel, stage: Stage, folder: Path) -> None:
-        stacked.save_stack(model, stage.index, folder)
+        stacked.save_stack(model, stage.index, folder, self.folded)
 
     def save_extras(self, model: PeftModel, stage: Stage, run: runs.RunFolder) -> None:
         """Each task's own LoRA too, in task_loras/<NN>-<task>/, for merging."""
         own = run.task_lora(stage.index, stage.name)
         runs.write_folder(own, partial(stacked.save_own, model, stage.index))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"folded": self.folded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.folded = list(state.get("folded", []))

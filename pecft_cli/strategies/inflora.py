@@ -176,7 +176,8 @@ class InfLora(IncrementalLora):
             self.bases[key] = grow_basis(self.bases.get(key), covariance[key], threshold, room)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"bases": self.bases}
+        return {**super().state_dict(), "bases": self.bases}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         self.bases = dict(state.get("bases", {}))

@@ -33,17 +33,24 @@ def per_task(value: PerTask, task: str) -> float:
     return value
 
 
-def orthogonality(model: PeftModel, index: int) -> torch.Tensor:
-    """sum over LoRA layers of sum |A_old @ A_new^T|; zero for the first task."""
+def orthogonality(
+    model: PeftModel, index: int, folded: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """sum over LoRA layers of sum |A_old @ A_new^T|, the old rows being those of the earlier
+    tasks' adapters and, for tasks folded into the weights, their kept rows (`folded`, by
+    module); zero for the first task."""
     new = task_adapter(index)
     total = torch.zeros((), device=next(model.parameters()).device)
     if index == 0:
         return total
-    for module in model.modules():
+    for key, module in model.named_modules():
         lora_a = getattr(module, "lora_A", None)
         if lora_a is None or new not in lora_a:
             continue
-        old = torch.cat([lora_a[task_adapter(i)].weight for i in range(index)], dim=0)
+        rows = [lora_a[task_adapter(i)].weight for i in range(index) if task_adapter(i) in lora_a]
+        if folded and key in folded:
+            rows.insert(0, folded[key])
+        old = torch.cat(rows, dim=0)
         total = total + torch.abs(old @ lora_a[new].weight.T).sum()
     return total
 
@@ -73,7 +80,7 @@ class OLora(IncrementalLora):
         lambda2 = per_task(self.options.lambda2, task)
         loss = None
         if lambda1 and index > 0:
-            loss = lambda1 * orthogonality(model, index)
+            loss = lambda1 * orthogonality(model, index, self.folded_a)
         if lambda2:
             size = lambda2 * l2_size(model, index)
             loss = size if loss is None else loss + size

@@ -24,10 +24,9 @@ from typing import Any
 import torch
 from peft import LoraConfig, OSFConfig, PeftModel, get_peft_model
 from peft.tuners.osf.layer import OSFLayer
-from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
-from pecft_cli.adapters import sort_target_modules
+from pecft_cli.adapters import write_lora
 from pecft_cli.data import Example
 from pecft_cli.strategies.base import Stage, Strategy
 from pecft_cli.strategies.stacked import task_adapter
@@ -122,9 +121,7 @@ class Osf(Strategy):
         )
         live = model.peft_config[task_adapter(self.live)]
         config.base_model_name_or_path = live.base_model_name_or_path
-        config.save_pretrained(str(folder))
-        save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-        sort_target_modules(folder / "adapter_config.json")
+        write_lora(folder, config, tensors)
 
     def state_dict(self) -> dict[str, Any]:
         """Which stage is live and the weights with every earlier stage folded in; the live

@@ -22,10 +22,10 @@ def lora_layers(model: PeftModel):
     return [m for m in model.modules() if hasattr(m, "lora_A") and "task01" in m.lora_A]
 
 
-def olora(tiny_model: Path, **options):
-    strategy, _ = build_strategy(
-        StrategySection(name="olora", options=options), LORA, ["a", "b", "c"], seed=0
-    )
+def olora(tiny_model: Path, routing: str = "prototype", **options):
+    """O-LoRA on the tiny model; routed by default, so every LoRA stays in the model."""
+    section = StrategySection(name="olora", options=options, routing=routing)
+    strategy, _ = build_strategy(section, LORA, ["a", "b", "c"], seed=0)
     model = strategy.attach(AutoModelForCausalLM.from_pretrained(tiny_model))
     return strategy, model
 
@@ -74,6 +74,32 @@ def test_loss_terms_are_computed_as_the_reference_does(tiny_model: Path) -> None
         0.5 * expected_orth.item() + 0.25 * expected_l2.item(), rel=1e-5
     )
     assert orthogonality(model, 0).item() == 0.0
+
+
+def test_unrouted_finished_loras_fold_into_the_weights(tiny_model: Path) -> None:
+    torch.manual_seed(1)
+    strategy, model = olora(tiny_model, routing="none")
+    torch.manual_seed(1)
+    stacked_twin, twin = olora(tiny_model)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    for one, net in ((strategy, model), (stacked_twin, twin)):
+        one.before_stage(net, one.stages()[0], [])
+        torch.manual_seed(0)
+        for layer in lora_layers(net):
+            torch.nn.init.normal_(layer.lora_B["task01"].weight)
+        one.before_stage(net, one.stages()[1], [])
+    assert list(model.peft_config) == ["task02"] and list(twin.peft_config) == ["task01", "task02"]
+    model.eval(), twin.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, twin(input_ids=ids).logits)
+    for layer in [m for m in twin.modules() if hasattr(m, "lora_A") and "task02" in m.lora_A]:
+        torch.nn.init.normal_(layer.lora_A["task02"].weight)
+    for name, parameter in model.named_parameters():
+        if "lora_A.task02" in name:
+            parameter.data.copy_(dict(twin.named_parameters())[name])
+    torch.testing.assert_close(
+        orthogonality(model, 1, strategy.folded_a), orthogonality(twin, 1), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_per_task_lambdas(tiny_model: Path) -> None:

@@ -347,7 +347,11 @@ def main(argv: list[str] | None = None) -> None:
         command = ".venv/bin/python bench/run_strategies.py " + shlex.join(options)
         if not args.no_write:
             block = stream if args.sweep is None else f"{stream} sweep {args.sweep.split('=')[0]}"
-            section = stream_section(stream, rows, per_task, command, place.records)
+            section = (
+                stream_section(stream, rows, per_task, command, place.records)
+                if rows
+                else "No run of this stream has completed yet."
+            )
             write_section(args.results.resolve(), block, section)
 
 

@@ -1,6 +1,6 @@
 """Experience replay: keep some examples of every finished task and mix them into later stages.
 
-Any strategy takes a replay buffer: `strategy.replay` adds one to seq, inclora, olora, ewc or lwf,
+Any strategy takes a replay buffer: `strategy.replay` adds one to every strategy but replay and joint,
 and `strategy.name: replay` is seq with one. The task loop asks the buffer for a stage's mix
 before it trains and hands it the stage's own examples after.
 

@@ -1,8 +1,8 @@
 """Experience replay: keep some examples of every finished task and mix them into later stages.
 
-Any strategy takes a replay buffer: `strategy.replay` adds one to every strategy but replay and joint,
-and `strategy.name: replay` is seq with one. The task loop asks the buffer for a stage's mix
-before it trains and hands it the stage's own examples after.
+Any strategy takes a replay buffer: `strategy.replay` adds one to every strategy but replay and
+joint, and `strategy.name: replay` is seq with one. The task loop asks the buffer for a stage's
+mix before it trains and hands it the stage's own examples after.
 
 - Which examples: `per_task` examples or a `fraction` of each task (balanced over tasks), or a
   reservoir of `size` examples over the whole stream (tasks in proportion to their size).

@@ -1,7 +1,7 @@
 """IncLoRA: a new LoRA per task, the earlier ones frozen but still active; no extra loss.
 
 Unrouted on a float base, each finished LoRA is folded into the base weights before the next
-task (see `stacked`), so a step costs the same at task 50 as at task 1."""
+task (see `stacked`), so the forward pass runs one LoRA however many tasks came before."""
 
 from __future__ import annotations
 

@@ -136,19 +136,28 @@ def served(index: int) -> str:
     return f"stage{index + 1:02d}"
 
 
+def load_named(model: Any, folders: list[Path], where: Path) -> PeftModel:
+    """The base with each adapter folder loaded under its own name (`served`, in order)."""
+    base = model.unload() if isinstance(model, PeftModel) else model
+    try:
+        loaded = PeftModel.from_pretrained(base, folders[0], adapter_name=served(0))
+        for index, folder in enumerate(folders[1:], start=1):
+            loaded.load_adapter(folder, adapter_name=served(index))
+    except Exception as exc:
+        raise adapter_error(where, exc) from None
+    return loaded
+
+
+def stages_upto(saved: runs.SavedRun, stage: str) -> list[str]:
+    planned = saved.state.planned_stages
+    return planned[: planned.index(stage) + 1]
+
+
 def load_stages(model: Any, saved: runs.SavedRun, stage: str) -> PeftModel:
     """The base with the adapter of every stage up to `stage`, each under its own name
     (`served`), for a router to choose between input by input."""
-    base = model.unload() if isinstance(model, PeftModel) else model
-    planned, adapters = saved.state.planned_stages, saved.adapters
-    names = planned[: planned.index(stage) + 1]
-    try:
-        routed = PeftModel.from_pretrained(base, adapters[names[0]], adapter_name=served(0))
-        for index, name in enumerate(names[1:], start=1):
-            routed.load_adapter(adapters[name], adapter_name=served(index))
-    except Exception as exc:
-        raise adapter_error(saved.folder.root / "adapters", exc) from None
-    return routed
+    folders = [saved.adapters[name] for name in stages_upto(saved, stage)]
+    return load_named(model, folders, saved.folder.root / "adapters")
 
 
 @contextlib.contextmanager
@@ -177,16 +186,9 @@ def arrow_served(
 def load_experts(model: Any, saved: runs.SavedRun, stage: str) -> tuple[PeftModel, list[str]]:
     """The base with the own LoRA of every task up to `stage` (task_loras/), for Arrow, and
     their adapter names."""
-    base = model.unload() if isinstance(model, PeftModel) else model
-    planned = saved.state.planned_stages
-    names = planned[: planned.index(stage) + 1]
+    names = stages_upto(saved, stage)
     folders = [saved.folder.task_lora(i, name) for i, name in enumerate(names)]
-    try:
-        experts = PeftModel.from_pretrained(base, folders[0], adapter_name=served(0))
-        for index, folder in enumerate(folders[1:], start=1):
-            experts.load_adapter(folder, adapter_name=served(index))
-    except Exception as exc:
-        raise adapter_error(saved.folder.root / "task_loras", exc) from None
+    experts = load_named(model, folders, saved.folder.root / "task_loras")
     return experts, [served(i) for i in range(len(names))]
 
 

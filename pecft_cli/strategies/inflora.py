@@ -32,7 +32,7 @@ from pecft_cli.data import Example
 from pecft_cli.recipe import COUNT_LIMIT, Section
 from pecft_cli.strategies.base import Stage
 from pecft_cli.strategies.inclora import IncrementalLora
-from pecft_cli.strategies.stacked import task_adapter
+from pecft_cli.strategies.stacked import lora_modules, task_adapter
 
 COVARIANCE_BATCH = 16
 A_SCALE = 1 / math.sqrt(3)
@@ -52,15 +52,6 @@ class InfLoraOptions(Section):
         if self.threshold_last < self.threshold_first:
             raise ValueError("threshold_last must be at least threshold_first")
         return self
-
-
-def lora_layers(model: PeftModel, adapter: str) -> dict[str, torch.nn.Module]:
-    """The modules that hold a LoRA named `adapter`, by module name."""
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if adapter in (getattr(module, "lora_A", None) or {})
-    }
 
 
 @contextmanager
@@ -154,7 +145,7 @@ class InfLora(IncrementalLora):
         count = min(self.options.feature_examples, len(examples))
         self.measured = random.Random(self.seed + stage.index).sample(examples, count)
         name = task_adapter(stage.index)
-        layers = lora_layers(model, name)
+        layers = lora_modules(model, name)
         covariance = input_covariance(model, layers, self.measured)
         with torch.no_grad():
             for key, module in layers.items():
@@ -166,7 +157,7 @@ class InfLora(IncrementalLora):
     def after_stage(self, model: PeftModel, stage: Stage, examples: list[Example]) -> None:
         """Grow every layer's basis by the directions the stage's inputs take, as trained."""
         name = task_adapter(stage.index)
-        layers = lora_layers(model, name)
+        layers = lora_modules(model, name)
         covariance = input_covariance(model, layers, self.measured)
         first, last = self.options.threshold_first, self.options.threshold_last
         threshold = first + (last - first) * stage.index / len(self.tasks)

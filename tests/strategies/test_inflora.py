@@ -18,8 +18,8 @@ from pecft_cli.recipe import LoraSection, StrategySection
 from pecft_cli.recipe_file import load_recipe
 from pecft_cli.runs import read_matrix
 from pecft_cli.strategies import build_strategy
-from pecft_cli.strategies.inflora import grow_basis, input_covariance, lora_layers
-from pecft_cli.strategies.stacked import task_adapter
+from pecft_cli.strategies.inflora import grow_basis, input_covariance
+from pecft_cli.strategies.stacked import lora_modules, task_adapter
 from pecft_cli.train import run
 
 LORA = LoraSection(r=4, alpha=8, dropout=0.0)
@@ -49,7 +49,7 @@ def test_new_a_is_orthogonal_to_the_basis_and_only_b_trains(tiny_model: Path) ->
     strategy.before_stage(model, second, examples(1, 60, 100))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_B.task02" in n for n in trainable)
-    for key, module in lora_layers(model, task_adapter(1)).items():
+    for key, module in lora_modules(model, task_adapter(1)).items():
         basis = strategy.bases[key]
         assert 0 < basis.shape[1] <= basis.shape[0] - LORA.r
         torch.testing.assert_close(basis.T @ basis, torch.eye(basis.shape[1]), atol=1e-5, rtol=0)
@@ -72,7 +72,7 @@ def test_the_basis_grows_until_it_holds_the_threshold_of_the_energy() -> None:
 
 def test_covariance_leaves_padding_out(tiny_model: Path) -> None:
     strategy, model = inflora(tiny_model)
-    layers = lora_layers(model, task_adapter(0))
+    layers = lora_modules(model, task_adapter(0))
     short, long = examples(2, 5, 40, count=1)[0], examples(3, 5, 40, count=1)[0]
     long.prompt_ids = long.prompt_ids * 3
     together = input_covariance(model, layers, [short, long])

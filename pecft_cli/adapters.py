@@ -19,6 +19,12 @@ from peft import PeftConfig, PeftModel
 from safetensors.torch import save_file
 
 CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS = ("lora_", "osf_svd_params")  # how PEFT names the weights of LoRA and OSF
+
+
+def is_adapter_weight(name: str) -> bool:
+    """Whether a model parameter's name is that of an adapter weight (LoRA or OSF)."""
+    return any(marker in name for marker in ADAPTER_WEIGHTS)
 
 
 def save_adapter(model: PeftModel, folder: Path, name: str = "default") -> None:

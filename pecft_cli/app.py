@@ -18,7 +18,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.text import Text
@@ -35,6 +35,9 @@ from pecft_cli.tables import (
     metrics_table,
     routing_table,
 )
+
+if TYPE_CHECKING:
+    from pecft_cli.recipe import Recipe
 
 app = typer.Typer(
     name="pecft",
@@ -87,7 +90,7 @@ def reports_errors(command: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def fail(message: str, code: int) -> None:
+def fail(message: str, code: int) -> NoReturn:
     """Print one bounded paragraph on the main process and exit with `code`."""
     if is_main_process():
         err.print(Text(f"error: {bounded(message)}", style="red"), soft_wrap=True)
@@ -233,6 +236,13 @@ def train(
             "--num-processes", help="Train with N processes (GPUs; gloo ranks on a CPU host)."
         ),
     ] = 1,
+    fsdp: Annotated[
+        bool,
+        typer.Option(
+            "--fsdp",
+            help="With --num-processes: shard the base model across the processes (FSDP2).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
     trust_remote_code: TrustOption = False,
 ) -> None:
@@ -245,18 +255,8 @@ def train(
     from pecft_cli.train import run
 
     parsed = load_recipe(recipe, set_)
-    if num_processes != 1 and "WORLD_SIZE" not in os.environ:
-        from pecft_cli.launch import relaunch
-
-        try:
-            code = relaunch(num_processes, sys.argv[1:])
-        except RankDied as exc:
-            from pecft_cli import runs
-            from pecft_cli.recipe import output_dir
-
-            runs.record_end(output_dir(parsed), "process_died", str(exc))
-            fail(str(exc), RANK_DIED)
-        raise typer.Exit(code)
+    if "WORLD_SIZE" not in os.environ and (num_processes != 1 or fsdp):
+        raise typer.Exit(train_relaunched(parsed, num_processes, fsdp))
     with TrainProgress() as progress:
         try:
             result = run(
@@ -293,6 +293,22 @@ def train(
         out.print(routing_table(result.state.routing_accuracy))
     timings = time_split(result.state.timings)
     out.print(f"run folder: {result.folder} ({timings})", highlight=False)
+
+
+def train_relaunched(recipe: Recipe, num_processes: int, fsdp: bool) -> int:
+    """`pecft train` run again as N processes; the exit code the main one chose."""
+    from pecft_cli.launch import relaunch
+
+    if num_processes == 1:
+        fail("--fsdp shards the model across processes; give --num-processes 2 or more.", BAD_INPUT)
+    try:
+        return relaunch(num_processes, sys.argv[1:], fsdp)
+    except RankDied as exc:
+        from pecft_cli import runs
+        from pecft_cli.recipe import output_dir
+
+        runs.record_end(output_dir(recipe), "process_died", str(exc))
+        fail(str(exc), RANK_DIED)
 
 
 def time_split(timings: Timings) -> str:

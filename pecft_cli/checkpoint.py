@@ -19,6 +19,7 @@ import torch
 from accelerate import Accelerator
 
 from pecft_cli import runs
+from pecft_cli.adapters import is_adapter_weight
 from pecft_cli.distributed import gather
 from pecft_cli.errors import PecftError, first_line
 
@@ -48,15 +49,12 @@ class Checkpoint:
         return self.step > 0
 
 
-ADAPTER_WEIGHTS = ("lora_", "osf_svd_params")  # how PEFT names the weights of LoRA and OSF
-
-
 def lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every adapter weight of the model (trainable or frozen), copied to the CPU."""
     return {
         name: parameter.detach().to("cpu", copy=True)
         for name, parameter in model.named_parameters()
-        if any(marker in name for marker in ADAPTER_WEIGHTS)
+        if is_adapter_weight(name)
     }
 
 

@@ -20,8 +20,9 @@ from pecft_cli.strategies.base import Strategy
 
 @dataclass
 class RunContext:
-    """The run's parts: its process group, recipe, data, strategy (with its replay buffer and
-    router, if any) and folder, the state written to run.json, and (once set up) the model."""
+    """The run's parts: its process group (sharded or not), recipe, data, strategy (with its
+    replay buffer and router, if any) and folder, the state written to run.json, and (once set
+    up) the model."""
 
     accelerator: Accelerator
     recipe: Recipe
@@ -35,6 +36,7 @@ class RunContext:
     on_event: EventCallback
     trust_remote_code: bool = False
     router: Router | None = None
+    sharded: bool = False  # the base model split across the processes (FSDP2)
     model: PeftModel = field(default=None)  # type: ignore[assignment]  # set by setup
 
     @property

@@ -1,9 +1,9 @@
 """Several processes as one: the process group's checks, sums and main-process-only actions.
 
-pecft trains data-parallel: every process holds the whole base model, each trains on its share
-of every global batch and scores its share of every evaluation, and the results are summed or
-gathered so they equal what one process computes. With one process every helper here is a
-no-op that returns its input.
+pecft trains data-parallel: every process holds the whole base model (or, sharded, its part of
+it: `pecft_cli.sharding`), each trains on its share of every global batch and scores its share
+of every evaluation, and the results are summed or gathered so they equal what one process
+computes. With one process every helper here is a no-op that returns its input.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pecft_cli.data import TaskData
 from pecft_cli.errors import PecftError
 from pecft_cli.evaluate import TaskScore, combine, score_task
 from pecft_cli.recipe import EvaluationSection
+from pecft_cli.sharding import is_sharded
 
 T = TypeVar("T")
 
@@ -40,12 +41,12 @@ def device() -> torch.device:
 def check_processes(accelerator: Accelerator) -> None:
     """Refuse processes that were launched together but did not form one group: each would
     repeat the whole run on its own."""
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise PecftError(
-            f"this launch asks for {accelerator.distributed_type.value}, which shards the model "
-            "across processes; pecft trains data-parallel (every process holds the whole base "
-            "model, optionally 4-bit, and LoRA gradients are summed). Launch with the DDP config "
-            "(cli/accelerate/ddp.yaml) or `pecft train --num-processes N`."
+            "this launch asks for DeepSpeed; pecft trains data-parallel, or sharded through "
+            "FSDP2. Launch with the DDP config (cli/accelerate/ddp.yaml) or `pecft train "
+            "--num-processes N`, or sharded with cli/accelerate/fsdp.yaml or `pecft train "
+            "--num-processes N --fsdp`."
         )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes != launched:
@@ -107,7 +108,10 @@ def score_shared(
     task: TaskData,
     evaluation: EvaluationSection,
 ) -> TaskScore:
-    """Score one task with every process taking its share of the batches; each gets the whole."""
+    """Score one task with every process taking its share of the batches; each gets the whole.
+    A sharded model's forward passes are collectives, so there every process scores them all."""
+    if is_sharded(model):
+        return score_task(model, tokenizer, task, evaluation)
     shard = (accelerator.process_index, accelerator.num_processes)
     result = score_task(model, tokenizer, task, evaluation, shard)
     return combine(gather(accelerator, result)) if accelerator.num_processes > 1 else result

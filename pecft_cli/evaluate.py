@@ -27,6 +27,7 @@ from transformers import (
 
 from pecft_cli.data import Example, TaskData
 from pecft_cli.recipe import EvaluationSection
+from pecft_cli.sharding import is_sharded, no_grad
 
 PUNCTUATION = frozenset(string.punctuation)
 
@@ -94,7 +95,7 @@ def score_task(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with no_grad(model):
             if data.metric == "choice":
                 predictions = rank_choices(model, data.eval, config.batch_size, shard)
             else:
@@ -192,6 +193,7 @@ def greedy_answers(
             pad_token_id=pad_id,
             eos_token_id=tokenizer.eos_token_id,
             stopping_criteria=StoppingCriteriaList([StopAtText(tokenizer, stop, width)]),
+            synced_gpus=is_sharded(model),  # a sharded model's processes step together
         )
         for row, i in zip(output[:, width:].tolist(), chunk, strict=True):
             answers[i] = cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), stop)

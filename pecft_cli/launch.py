@@ -22,6 +22,8 @@ from typing import Any
 from pecft_cli.errors import PecftError, RankDied
 
 EXIT_DIR = "PECFT_EXIT_DIR"  # where each rank of a relaunch records how it ended
+FSDP_FLAG = "ACCELERATE_USE_FSDP"  # what `accelerate launch` sets with an FSDP config
+FSDP_VERSION = "FSDP_VERSION"
 
 
 def free_port() -> int:
@@ -31,8 +33,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch_command(processes: int, argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The `accelerate launch` command line and environment that run `pecft argv` N times."""
+def launch_command(
+    processes: int, argv: list[str], fsdp: bool = False
+) -> tuple[list[str], dict[str, str]]:
+    """The `accelerate launch` command line and environment that run `pecft argv` N times;
+    with `fsdp`, the processes shard the base model (`pecft_cli.sharding`)."""
     if processes < 1:
         raise PecftError(f"--num-processes {processes}: give a positive number of processes.")
     import torch
@@ -52,7 +57,9 @@ def launch_command(processes: int, argv: list[str]) -> tuple[list[str], dict[str
             f"--num-processes {processes}: this host has {gpus} GPU(s); use at most {gpus} "
             "processes (one per GPU)."
         )
-    forwarded = drop_option(argv, "--num-processes")
+    if fsdp:
+        env.update({FSDP_FLAG: "true", FSDP_VERSION: "2"})
+    forwarded = [item for item in drop_option(argv, "--num-processes") if item != "--fsdp"]
     command = [
         sys.executable,
         "-m",
@@ -88,7 +95,7 @@ def drop_option(argv: list[str], name: str) -> list[str]:
     return kept
 
 
-def relaunch(processes: int, argv: list[str]) -> int:
+def relaunch(processes: int, argv: list[str], fsdp: bool = False) -> int:
     """Run the command as N processes and return the exit code the main process chose; raise
     RankDied when a process ended without choosing one (killed, out of memory)."""
     from accelerate.commands.launch import launch_command as accelerate_launch
@@ -97,7 +104,7 @@ def relaunch(processes: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    command, env = launch_command(processes, argv)
+    command, env = launch_command(processes, argv, fsdp)
     arguments = launch_command_parser().parse_args(command[3:])
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     added = {key: value for key, value in env.items() if os.environ.get(key) != value}

@@ -184,9 +184,16 @@ def model_config(section: ModelSection, location: str, trust_remote_code: bool =
 
 
 def load_model(
-    section: ModelSection, device: torch.device | str = "cpu", trust_remote_code: bool = False
+    section: ModelSection,
+    device: torch.device | str = "cpu",
+    trust_remote_code: bool = False,
+    keep_on_cpu: bool = False,
 ) -> PreTrainedModel:
-    """The frozen base model, quantized through bitsandbytes when the recipe asks."""
+    """The frozen base model on `device`, quantized through bitsandbytes when the recipe asks.
+
+    `keep_on_cpu` leaves a float base in CPU memory (in the dtype chosen for `device`) for a
+    caller that moves it in parts: sharding sends each process only its shard.
+    """
     location = model_location(section)
     config = model_config(section, location, trust_remote_code)
     quantization = quantization_config(section)
@@ -209,6 +216,8 @@ def load_model(
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         keep_4bit_weights_trainable(model)
+    elif not keep_on_cpu:
+        model = model.to(device)
     model.requires_grad_(False)
     return model
 

@@ -147,9 +147,14 @@ class StageTrainer:
         """Forward and backward on this process's share of one micro-batch."""
         accelerator, settings = self.ctx.accelerator, self.plan.settings
         rank, world = accelerator.process_index, accelerator.num_processes
-        share = next(self.batches)[rank::world]
+        rows = next(self.batches)
+        share = rows[rank::world]
         targets = sum(answer_tokens(f) for f in share)
         global_targets = reduce_sum(accelerator, targets)
+        if not share and self.ctx.sharded:
+            # A sharded forward pass is a collective: run the batch's first example, its loss
+            # weighted by the zero answer tokens this process has.
+            share = rows[:1]
         positions = list(range(rank, rank + world * len(share), world))
         keys = example_keys(self.plan.seed, step, micro, positions)
         lengths = [len(f["input_ids"]) for f in share]
@@ -159,8 +164,9 @@ class StageTrainer:
             if share:
                 batch = answer_logits(self.model, share, self.pad_id)
                 loss = cross_entropy(batch) * (targets / global_targets)
-                self.window.tokens += sum(lengths)
+                self.window.tokens += sum(lengths) if targets else 0
                 term = strategy.batch_loss(self.model, stage, batch)
+                term = term if term is None or targets else term * 0.0
             extra = strategy.extra_loss(self.model, stage)
             total_loss = loss if extra is None else loss + extra / world
             if term is not None:

@@ -29,6 +29,7 @@ from pecft_cli.data import TaskData
 from pecft_cli.errors import PecftError
 from pecft_cli.evaluate import TaskScore, combine
 from pecft_cli.recipe import ArrowSection
+from pecft_cli.sharding import no_grad
 
 PROTOTYPE_EXAMPLES = 256  # training prompts a prototype is the mean of, at most
 EMBED_BATCH = 32
@@ -47,7 +48,7 @@ def embed(model: torch.nn.Module, prompts: list[list[int]], pad_id: int) -> torc
     was_training = model.training
     model.eval()
     try:
-        with off, torch.inference_mode():
+        with off, no_grad(model):
             for start in range(0, len(order), EMBED_BATCH):
                 chunk = order[start : start + EMBED_BATCH]
                 width = max(len(prompts[i]) for i in chunk)

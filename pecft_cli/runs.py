@@ -422,6 +422,7 @@ class RunState:
     trainable_parameters: int | None = None
     total_parameters: int | None = None
     processes: int | None = None
+    sharding: str = "none"  # or "fsdp2": the base model split across the processes
     dtype: str | None = None
     peak_memory_mb: dict[str, float] | None = None
     routing_accuracy: dict[str, float] = field(default_factory=dict)

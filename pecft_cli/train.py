@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from accelerate.utils import set_seed
 
-from pecft_cli import runs
+from pecft_cli import runs, sharding
 from pecft_cli.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -99,6 +99,9 @@ def run(
     tasks = preflight(recipe, tokenizer, accelerator.num_processes, trust_remote_code).tasks
     names = [task.name for task in tasks]
     strategy, replay = build_strategy(recipe.strategy, recipe.lora, names, recipe.seed)
+    strategy.sharded = sharding.requested(accelerator)
+    if strategy.sharded:
+        sharding.check_request(recipe.strategy.name, strategy.shards)
     root, text = output_dir(recipe), dump_recipe(recipe)
     lock = runs.RunLock(root)
 
@@ -141,6 +144,7 @@ def run(
                 on_event=on_event,
                 trust_remote_code=trust_remote_code,
                 router=Router() if recipe.strategy.routing == "prototype" else None,
+                sharded=strategy.sharded,
             )
             return TaskLoop(ctx, started).run()
     finally:
@@ -184,11 +188,15 @@ class TaskLoop:
         if self.checkpoint is None and state.resumed_at and ctx.main:
             runs.write_text(ctx.folder.train_log, "")  # nothing was kept: the log starts over
         ctx.on_event("status", {"message": f"loading model {ctx.recipe.model.path}"})
-        base = load_model(ctx.recipe.model, ctx.accelerator.device, ctx.trust_remote_code)
+        device = ctx.accelerator.device
+        base = load_model(ctx.recipe.model, device, ctx.trust_remote_code, ctx.sharded)
         # Seed again here: loading (and a first GGUF conversion) may draw from the random
         # generators, and the LoRA initialisation must not depend on whether the model was cached.
         set_seed(ctx.recipe.seed)
         ctx.model = ctx.strategy.attach(base)
+        if ctx.sharded:
+            sharding.shard(ctx.model, device)
+            state.sharding = "fsdp2"
         trainable, total = parameter_counts(ctx.model)
         state.trainable_parameters = max(state.trainable_parameters or 0, trainable)
         state.total_parameters = total

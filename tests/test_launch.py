@@ -83,9 +83,10 @@ def test_processes_that_did_not_form_one_group_are_refused(
     lonely = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
     with pytest.raises(PecftError, match="did not join one process group"):
         check_processes(lonely)
-    sharded = SimpleNamespace(num_processes=2, distributed_type=DistributedType.FSDP)
-    with pytest.raises(PecftError, match="pecft trains data-parallel"):
-        check_processes(sharded)
+    deepspeed = SimpleNamespace(num_processes=2, distributed_type=DistributedType.DEEPSPEED)
+    with pytest.raises(PecftError, match="asks for DeepSpeed"):
+        check_processes(deepspeed)
+    check_processes(SimpleNamespace(num_processes=2, distributed_type=DistributedType.FSDP))
 
 
 def test_the_relaunch_uses_real_cpu_ranks(monkeypatch: pytest.MonkeyPatch) -> None:

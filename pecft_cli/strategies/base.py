@@ -71,6 +71,7 @@ class Strategy:
     batch_loss_name: ClassVar[str | None] = None  # the log key of `batch_loss`, when it has one
     routes: ClassVar[bool] = False  # whether it keeps a LoRA per task that a router can choose
     full_precision_only: ClassVar[bool] = False  # whether it refuses a 4-bit or 8-bit base
+    shards: ClassVar[bool] = True  # whether it trains with the base model split (FSDP)
 
     def __init__(self, options: Section, lora: LoraSection, tasks: list[str], seed: int) -> None:
         self.options = options
@@ -78,6 +79,7 @@ class Strategy:
         self.tasks = tasks
         self.seed = seed
         self.routed = False  # whether a router will serve earlier stages (set by build_strategy)
+        self.sharded = False  # whether the base model is split across processes (set by run)
 
     @classmethod
     def replay_options(cls, options: Section) -> ReplayOptions | None:

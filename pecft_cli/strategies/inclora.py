@@ -1,7 +1,8 @@
 """IncLoRA: a new LoRA per task, the earlier ones frozen but still active; no extra loss.
 
-Unrouted on a float base, each finished LoRA is folded into the base weights before the next
-task (see `stacked`), so the forward pass runs one LoRA however many tasks came before."""
+Unrouted on a float base that is not sharded, each finished LoRA is folded into the base weights
+before the next task (see `stacked`), so the forward pass runs one LoRA however many tasks came
+before."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ class IncrementalLora(Strategy):
 
     def attach(self, model: PreTrainedModel) -> PeftModel:
         peft_model = stacked.attach_stack(model, self.lora)
-        self.folds = not self.routed and not self.alone and stacked.can_fold(peft_model)
+        folds = not self.routed and not self.alone and not self.sharded
+        self.folds = folds and stacked.can_fold(peft_model)
         return peft_model
 
     def resume(self, model: PeftModel, finished: list[Stage], state: dict[str, Any]) -> None:

@@ -41,6 +41,7 @@ class Osf(Strategy):
     """One set of weights, each stage trained in the subspace earlier stages left free."""
 
     full_precision_only = True
+    shards = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -11,7 +11,8 @@ the base weights before the next task starts and leaves the model (`fold`): the 
 then runs one LoRA whatever the number of tasks, and memory stays flat. Its weights are kept on
 the CPU for the export and for a resume, which folds them again in the same order, so a resumed
 run's weights are the same bits. A quantized base cannot take a fold (its weights are packed
-integers), so there every LoRA stays in the forward pass.
+integers), nor can a sharded one (each process holds a part of the weights), so there every
+LoRA stays in the forward pass.
 """
 
 from __future__ import annotations

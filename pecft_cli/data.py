@@ -79,8 +79,28 @@ def read_rows(task: TaskSection, split: str) -> Rows:
     count = None if counts is None else (counts.train if split == "train" else counts.eval)
     if counts is not None and count is not None:
         where = f"tasks '{task.name}' {split} ({read.described}), per_class"
-        read.rows = per_class(read, task.class_field(), count, counts.seed, where)
+        declared = task.labels is not None  # the classes named by the recipe itself
+        read.rows = per_class(read, task.class_field(), count, counts.seed, where, declared)
+    if task.labels is not None:
+        where = f"tasks '{task.name}' {split} ({read.described}), labels"
+        read.rows = relabel(read.rows, task.class_field(), task.labels, where)
     return read
+
+
+def relabel(
+    rows: list[dict[str, Any]], field: str, labels: dict[str, str], where: str
+) -> list[dict[str, Any]]:
+    """The rows with each value of `field` replaced by the words `labels` gives for it."""
+    out = []
+    for number, row in enumerate(rows, start=1):
+        value = str(row.get(field))
+        if value not in labels:
+            raise PecftError(
+                f"{where}: row {number} has {field} {short(value)}, which labels does not map"
+                f"{did_you_mean(value, list(labels)) or '.'} Mapped: {listing(list(labels))}."
+            )
+        out.append({**row, field: labels[value]})
+    return out
 
 
 def read_split(task: TaskSection, split: str) -> Rows:
@@ -103,15 +123,19 @@ def read_split(task: TaskSection, split: str) -> Rows:
     return Rows(*read_hub(task.source, task.config, reference, where)).named(described)
 
 
-def per_class(read: Rows, field: str, count: int, seed: int, where: str) -> list[dict[str, Any]]:
+def per_class(
+    read: Rows, field: str, count: int, seed: int, where: str, declared: bool = False
+) -> list[dict[str, Any]]:
     """At most `count` rows of each value of `field`, drawn with a seeded generator, in the
-    source's order. A source with features must have `field` as a class column."""
-    if read.classes is not None and field not in read.classes:
+    source's order. A source with features must have `field` as a class column, unless the
+    task's `labels` declare its classes."""
+    if read.classes is not None and field not in read.classes and not declared:
         named = ", ".join(sorted(read.classes)) or "none"
         raise PecftError(
             f"{where}: the target field '{field}' is not a class column of this dataset (a "
             f"ClassLabel feature); per_class samples by class. Class columns here: {named}. "
-            "Drop per_class, or name a class column in the target."
+            "Drop per_class, name a class column in the target, or declare its classes with "
+            "`labels`."
         )
     groups: dict[str, list[int]] = {}
     for index, row in enumerate(read.rows):

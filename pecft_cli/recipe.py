@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
+from pecft_cli.errors import did_you_mean
 from pecft_cli.template import template_fields
 
 COUNT_LIMIT = 2**31 - 1  # sizes and counts torch and the samplers take
@@ -215,6 +216,11 @@ class TaskSection(Section):
     per_class: PerClass | None = Field(
         None, description="rows per class to sample from each split; a number for both"
     )
+    labels: dict[str, str] | None = Field(
+        None,
+        description="the answer for each class: a value of the target's field (a ClassLabel's "
+        "name) -> the words the target says instead",
+    )
     training: TrainingOverride = TrainingOverride()
 
     @field_validator("per_class", mode="before")
@@ -235,12 +241,14 @@ class TaskSection(Section):
                 template_fields(template)
             except ValueError as exc:
                 raise ValueError(f"task '{self.name}', {key} template: {exc}") from None
-        if self.per_class is not None and len(template_fields(self.target_template())) != 1:
-            raise ValueError(
-                f"task '{self.name}', per_class: rows are grouped by the one field the target "
-                f"names, and the target '{self.target}' names "
-                f"{len(template_fields(self.target_template()))}; give a target of one field."
-            )
+        named = len(template_fields(self.target_template()))
+        for key in ("per_class", "labels"):
+            if getattr(self, key) is not None and named != 1:
+                raise ValueError(
+                    f"task '{self.name}', {key}: it works on the classes of the one field the "
+                    f"target names, and the target '{self.target}' names {named}; give a target "
+                    "of one field."
+                )
         return self
 
     def class_field(self) -> str:
@@ -274,6 +282,10 @@ class Recipe(Section):
     training: TrainingSection = TrainingSection()
     evaluation: EvaluationSection = EvaluationSection()
     tasks: Annotated[list[TaskSection], Field(min_length=1)]
+    orders: dict[str, list[str]] = Field(
+        default_factory=dict, description="named task orders, each every task name once"
+    )
+    order: str | None = Field(None, description="train the tasks in this named order")
 
     @field_validator("name")
     @classmethod
@@ -287,6 +299,29 @@ class Recipe(Section):
             if task.name in seen:
                 raise ValueError(f"task name '{task.name}' appears twice; task names must differ")
             seen.add(task.name)
+        return self
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Recipe:
+        """With `order`, the tasks in that order: every stage, row and column follows it."""
+        names = [task.name for task in self.tasks]
+        for key, listed in self.orders.items():
+            unknown = [name for name in listed if name not in names]
+            if unknown or sorted(listed) != sorted(names):
+                wrong = f"'{unknown[0]}' is not a task" if unknown else "it does not list"
+                raise ValueError(
+                    f"orders.{key}: {wrong} every task exactly once; give each of "
+                    f"{', '.join(names)} once"
+                )
+        if self.order is None:
+            return self
+        if self.order not in self.orders:
+            hint = did_you_mean(self.order, list(self.orders)) or ";"
+            known = ", ".join(self.orders) or "none (add an `orders` mapping)"
+            raise ValueError(f"order: '{self.order}' is not a named order{hint} orders: {known}")
+        by_name = {task.name: task for task in self.tasks}
+        # set without validate_assignment, which would run this validator again
+        self.__dict__["tasks"] = [by_name[name] for name in self.orders[self.order]]
         return self
 
     def task_training(self, task: TaskSection) -> TrainingSection:

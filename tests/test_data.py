@@ -213,3 +213,31 @@ def test_per_class_on_a_column_that_is_not_a_class_is_refused(recipe_file: Path,
     assert "target field 'text' is not a class column" in message and "label" in message
     with pytest.raises(PecftError, match="names 2; give a target of one field"):
         news_recipe(recipe_file, "tasks.1.target={text} {label}", "tasks.1.per_class=2")
+
+
+def test_labels_give_each_class_the_words_the_target_says(recipe_file: Path, tokenizer) -> None:
+    words = "tasks.1.labels={world: World news, sports: Sport, business: Money}"
+    choices = "tasks.1.choices=[World news, Sport, Money]"
+    recipe = news_recipe(recipe_file, words, choices, "tasks.1.per_class={train: 2}")
+    data = load_task(recipe.tasks[1], recipe, tokenizer)
+    assert [e.target.strip() for e in data.eval[:3]] == ["World news", "Sport", "Money"]
+    assert (
+        sorted(e.target.strip() for e in data.train)
+        == ["Money"] * 2 + ["Sport"] * 2 + ["World news"] * 2
+    )
+    recipe = news_recipe(recipe_file, "tasks.1.labels={world: World, sprots: Sport}")
+    with pytest.raises(PecftError) as caught:
+        load_task(recipe.tasks[1], recipe, tokenizer)
+    message = str(caught.value)
+    assert "row 2 has label 'sports', which labels does not map" in message
+    assert "did you mean 'sprots'?" in message
+
+
+def test_labels_declare_the_classes_of_a_plain_column(recipe_file: Path, tokenizer) -> None:
+    # per_class on a column that is not a ClassLabel samples by it once labels name its classes
+    labels = "tasks.1.labels={'story 0': a, 'story 1': b, 'story 2': c}"
+    recipe = news_recipe(
+        recipe_file, "tasks.1.target=text", "tasks.1.choices=null", "tasks.1.per_class=1", labels
+    )
+    with pytest.raises(PecftError, match="row 4 has text 'story 3', which labels"):
+        load_task(recipe.tasks[1], recipe, tokenizer)

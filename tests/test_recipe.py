@@ -150,3 +150,25 @@ def test_the_written_recipe_records_its_pecft_version(recipe_file: Path) -> None
     from pecft_cli import __version__
 
     assert yaml.safe_load(dump_recipe(load_recipe(recipe_file)))["pecft_version"] == __version__
+
+
+def test_a_named_order_reorders_the_tasks(recipe_file: Path) -> None:
+    def ordered(r: dict) -> None:
+        r.update(orders={"1": ["codes", "yesno"], "2": ["yesno", "codes"]}, order="2")
+
+    edit(recipe_file, ordered)
+    recipe = load_recipe(recipe_file)
+    assert [task.name for task in recipe.tasks] == ["yesno", "codes"]
+    again = recipe_file.parent / "again.yaml"
+    again.write_text(dump_recipe(recipe))
+    assert [task.name for task in load_recipe(again).tasks] == ["yesno", "codes"]
+    assert [t.name for t in load_recipe(recipe_file, ["order=1"]).tasks] == ["codes", "yesno"]
+
+
+def test_a_wrong_order_is_refused(recipe_file: Path) -> None:
+    edit(recipe_file, lambda r: r.update(orders={"first": ["codes", "yesno"]}, order="frist"))
+    assert "order: 'frist' is not a named order; did you mean 'first'?" in error_of(recipe_file)
+    edit(recipe_file, lambda r: r.update(orders={"1": ["codes"]}, order=None))
+    assert "orders.1: it does not list every task exactly once" in error_of(recipe_file)
+    edit(recipe_file, lambda r: r.update(orders={"1": ["codes", "yesno", "cdoes"]}))
+    assert "orders.1: 'cdoes' is not a task" in error_of(recipe_file)

@@ -106,6 +106,10 @@ class RunFolder:
         """The adapter of the model after stage `index` (0-based): adapters/01-<stage>."""
         return self.root / "adapters" / f"{index + 1:02d}-{stage}"
 
+    def card(self, index: int, stage: str) -> Path:
+        """The model card of the adapter after stage `index`: its README.md for the Hub."""
+        return self.adapter(index, stage) / "README.md"
+
     def task_lora(self, index: int, task: str) -> Path:
         """Task `index`'s own LoRA, for strategies that train one per task: task_loras/01-<task>."""
         return self.root / "task_loras" / f"{index + 1:02d}-{task}"

@@ -45,6 +45,7 @@ from pecft_cli.evaluate import TaskScore
 from pecft_cli.events import EventCallback, ignore
 from pecft_cli.metrics import stage_metrics
 from pecft_cli.model import load_model, load_tokenizer
+from pecft_cli.model_card import CardFacts, card_text
 from pecft_cli.optimize import StagePlan, StageTrainer
 from pecft_cli.plot import save_heatmap
 from pecft_cli.preemption import StopSignals
@@ -321,7 +322,26 @@ class TaskLoop:
         self.matrix[stage.name] = self.score_row(stage.name)
         ctx.state.tasks_done += [ctx.names[i] for i in stage.tasks]
         self.write_matrix()
+        self.write_card(stage)
         ctx.save_state()
+
+    def write_card(self, stage: Stage) -> None:
+        """The stage's adapter folder gets its model card, with the row just scored."""
+        ctx = self.ctx
+        if not ctx.main:
+            return
+        facts = CardFacts(
+            recipe=ctx.recipe,
+            strategy=ctx.state.strategy,
+            stage=stage.index,
+            stages=[s.name for s in self.stages],
+            trained=list(ctx.state.tasks_done),
+            scores=self.matrix[stage.name],
+            metrics=[ctx.recipe.task_metric(task) for task in ctx.recipe.tasks],
+            routed=ctx.recipe.strategy.routing != "none",
+            versions=ctx.state.versions,
+        )
+        runs.write_text(ctx.folder.card(stage.index, stage.name), card_text(facts))
 
     def score_row(self, stage: str) -> list[float | None]:
         """Score every task with the model as it stands (or, with a router, as it routes each

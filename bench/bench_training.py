@@ -160,12 +160,13 @@ def time_pecft(model_factory, recipe, tokenizer, examples, args, strategy_name="
             strategy.after_stage(model, stages[0], first[:64])
             if buffer is not None:
                 buffer.remember(0, first[:64])
-        strategy.before_stage(model, stages[index])
         own = second if index else examples
+        strategy.before_stage(model, stages[index], own)
         memory = {"strategy": strategy.state_dict(), "replay": {}}
         plan = StagePlan(
             stage=Stage(index, "bench", (index,)),
             total=1,
+            first_step=0,
             examples=buffer.mix(own) if buffer is not None else own,
             settings=training_section(args),
             seed=args.seed,

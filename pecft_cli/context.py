@@ -16,6 +16,7 @@ from pecft_cli.recipe import Recipe
 from pecft_cli.replay_buffer import ReplayBuffer
 from pecft_cli.routing import Router
 from pecft_cli.strategies.base import Strategy
+from pecft_cli.tracking import Tracking
 
 
 @dataclass
@@ -37,6 +38,7 @@ class RunContext:
     trust_remote_code: bool = False
     router: Router | None = None
     sharded: bool = False  # the base model split across the processes (FSDP2)
+    tracking: Tracking | None = None  # the experiment trackers of logging.report_to
     model: PeftModel = field(default=None)  # type: ignore[assignment]  # set by setup
 
     @property

@@ -70,7 +70,7 @@ def card_text(facts: CardFacts) -> str:
         'model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")',
         "```",
         "",
-        "or `pecft generate path/to/this/folder \"a prompt\"`; the base model is the one "
+        'or `pecft generate path/to/this/folder "a prompt"`; the base model is the one '
         "`adapter_config.json` names.",
         "",
         "## Versions",

@@ -44,6 +44,7 @@ class StagePlan:
 
     stage: Stage
     total: int
+    first_step: int  # optimizer steps of the stages before this one, over the whole stream
     examples: list[Example]
     settings: TrainingSection
     seed: int
@@ -103,6 +104,7 @@ class StageTrainer:
                 "total": self.plan.total,
                 "task": stage.name,
                 "steps": self.steps,
+                "first_step": self.plan.first_step,
                 "examples": len(self.plan.examples),
             },
         )

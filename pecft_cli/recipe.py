@@ -267,6 +267,19 @@ class TaskSection(Section):
         return self.target if "{" in self.target else "{" + self.target + "}"
 
 
+Tracker = Literal[
+    "tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab"
+]
+
+
+class LoggingSection(Section):
+    """Where a run's curves go besides logs/train.jsonl: Accelerate's experiment trackers."""
+
+    report_to: list[Tracker] = Field(
+        default_factory=list, description="trackers that log the steps, rows and metrics"
+    )
+
+
 class Recipe(Section):
     """A whole continual fine-tuning run."""
 
@@ -281,6 +294,7 @@ class Recipe(Section):
     strategy: StrategySection = StrategySection()
     training: TrainingSection = TrainingSection()
     evaluation: EvaluationSection = EvaluationSection()
+    logging: LoggingSection = LoggingSection()
     tasks: Annotated[list[TaskSection], Field(min_length=1)]
     orders: dict[str, list[str]] = Field(
         default_factory=dict, description="named task orders, each every task name once"

@@ -106,6 +106,11 @@ class RunFolder:
         """The adapter of the model after stage `index` (0-based): adapters/01-<stage>."""
         return self.root / "adapters" / f"{index + 1:02d}-{stage}"
 
+    @property
+    def trackers(self) -> Path:
+        """What experiment trackers write in the run folder: logs/trackers/."""
+        return self.root / "logs" / "trackers"
+
     def card(self, index: int, stage: str) -> Path:
         """The model card of the adapter after stage `index`: its README.md for the Hub."""
         return self.adapter(index, stage) / "README.md"

@@ -62,6 +62,7 @@ from pecft_cli.routing import (
 )
 from pecft_cli.strategies import build_strategy, strategy_label
 from pecft_cli.strategies.base import Stage
+from pecft_cli.tracking import Tracking, check_trackers
 
 Matrix = dict[str, list[float | None]]
 
@@ -104,6 +105,7 @@ def run(
     if strategy.sharded:
         sharding.check_request(recipe.strategy.name, strategy.shards)
     root, text = output_dir(recipe), dump_recipe(recipe)
+    check_trackers(recipe, root)
     lock = runs.RunLock(root)
 
     def claim() -> runs.RunState | None:
@@ -131,6 +133,7 @@ def run(
         if accelerator.is_main_process:
             runs.write_text(folder.recipe, text)
             runs.write_state(folder, state)
+        tracking = Tracking(accelerator, recipe, folder)
         with StopSignals() as stop:
             ctx = RunContext(
                 accelerator=accelerator,
@@ -142,10 +145,11 @@ def run(
                 folder=folder,
                 state=state,
                 stop=stop,
-                on_event=on_event,
+                on_event=tracking.listen(on_event),
                 trust_remote_code=trust_remote_code,
                 router=Router() if recipe.strategy.routing == "prototype" else None,
                 sharded=strategy.sharded,
+                tracking=tracking,
             )
             return TaskLoop(ctx, started).run()
     finally:
@@ -271,9 +275,11 @@ class TaskLoop:
         resume = self.checkpoint
         if resume is None or resume.stage_index != stage.index or not resume.mid_stage:
             resume = None
+        done = [ctx.state.training[s.name]["steps"] for s in self.stages[: stage.index]]
         plan = StagePlan(
             stage=stage,
             total=len(self.stages),
+            first_step=sum(done),
             examples=examples,
             settings=settings,
             seed=recipe.seed + stage.index,
@@ -459,6 +465,8 @@ class TaskLoop:
             runs.write_json(ctx.folder.metrics, metrics)
             runs.write_state(ctx.folder, state)
             shutil.rmtree(ctx.folder.checkpoint, ignore_errors=True)
+        if ctx.tracking is not None:
+            ctx.tracking.finish(metrics, ctx.folder.heatmap)
         return TrainResult(ctx.folder.root, ctx.names, self.matrix, metrics, state)
 
     def stamp_times(self) -> None:
@@ -478,6 +486,8 @@ class TaskLoop:
         self.stamp_times()
         with contextlib.suppress(OSError):
             self.ctx.save_state()
+        if self.ctx.tracking is not None:
+            self.ctx.tracking.close()
 
 
 def read_rows(folder: runs.RunFolder, names: list[str]) -> Matrix:

@@ -414,9 +414,16 @@ def report(
         (one,) = reports
         one.redraw_heatmap()
         if as_json:
-            print_json(one.folder, one.tasks, one.matrix, one.metrics, merges=one.merges)
+            general = (
+                dict(zip(("tasks", "matrix"), one.harness, strict=True)) if one.harness else None
+            )
+            print_json(
+                one.folder, one.tasks, one.matrix, one.metrics, merges=one.merges, harness=general
+            )
             return
         show_results(one.tasks, one.matrix, one.metrics)
+        if one.harness:
+            out.print(matrix_table(*one.harness, title="General ability (lm-eval-harness, %)"))
         if one.run.state.routing_accuracy:
             out.print(routing_table(one.run.state.routing_accuracy))
         if one.merges:

@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from pecft_cli import runs
 from pecft_cli.data import TaskData
 from pecft_cli.events import EventCallback
+from pecft_cli.harness import HarnessTasks
 from pecft_cli.preemption import StopSignals
 from pecft_cli.recipe import Recipe
 from pecft_cli.replay_buffer import ReplayBuffer
@@ -39,6 +40,7 @@ class RunContext:
     router: Router | None = None
     sharded: bool = False  # the base model split across the processes (FSDP2)
     tracking: Tracking | None = None  # the experiment trackers of logging.report_to
+    harness: HarnessTasks | None = None  # evaluation.harness, checked
     model: PeftModel = field(default=None)  # type: ignore[assignment]  # set by setup
 
     @property

@@ -172,6 +172,13 @@ class EvaluationSection(Section):
         description="sparse: after each stage score only its own tasks and the next stage's, "
         "and every task after the last stage (and every `full_every`-th)",
     )
+    harness: list[str] = Field(
+        default_factory=list,
+        description="lm-evaluation-harness tasks scored at every stage: names or task YAML files",
+    )
+    harness_limit: int | None = Field(
+        None, gt=0, le=COUNT_LIMIT, description="score at most this many documents per harness task"
+    )
     full_every: int = Field(
         0, ge=0, le=COUNT_LIMIT, description="with cells: sparse, every k-th stage's whole row"
     )

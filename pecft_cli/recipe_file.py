@@ -318,6 +318,11 @@ def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
         else:
             task.train = absolute(task.train, base)
             task.eval = absolute(task.eval, base)
+    evaluation = recipe.evaluation
+    evaluation.harness = [
+        absolute(name, base) if name.lower().endswith((".yaml", ".yml")) else name
+        for name in evaluation.harness
+    ]
     return recipe
 
 

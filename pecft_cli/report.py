@@ -38,6 +38,7 @@ class Results:
     matrix: Matrix
     metrics: dict[str, Any] | None
     merges: Matrix
+    harness: tuple[list[str], Matrix] | None = None  # evaluation.harness: its names and rows
 
     @property
     def folder(self) -> Path:
@@ -81,4 +82,6 @@ def read_results(path: Path) -> Results:
     metrics = runs.read_json_file(folder.metrics)
     if metrics is None:
         metrics = matrix_metrics(tasks, state.planned_stages, matrix)
-    return Results(saved, tasks, matrix, metrics, saved.merges(tasks))
+    harness = folder.eval.harness
+    general = runs.read_matrix(harness) if harness.is_file() else None
+    return Results(saved, tasks, matrix, metrics, saved.merges(tasks), general)

@@ -51,6 +51,15 @@ class EvalFolder:
         return self.root / "metrics.json"
 
     @property
+    def harness(self) -> Path:
+        """evaluation.harness: each harness task's score, one row per stage."""
+        return self.root / "harness.csv"
+
+    @property
+    def harness_heatmap(self) -> Path:
+        return self.root / "harness.png"
+
+    @property
     def extra(self) -> Path:
         """Scores of `pecft eval --data` sets, one row per stage."""
         return self.root / "extra.csv"

@@ -43,6 +43,7 @@ from pecft_cli.distributed import cuda_devices, on_main, process_group, score_sh
 from pecft_cli.errors import Diverged, PecftError, Preempted, bounded
 from pecft_cli.evaluate import TaskScore
 from pecft_cli.events import EventCallback, ignore
+from pecft_cli.harness import harness_changes, harness_tasks, score_harness
 from pecft_cli.metrics import stage_metrics
 from pecft_cli.model import load_model, load_tokenizer
 from pecft_cli.model_card import CardFacts, card_text
@@ -106,6 +107,7 @@ def run(
         sharding.check_request(recipe.strategy.name, strategy.shards)
     root, text = output_dir(recipe), dump_recipe(recipe)
     check_trackers(recipe, root)
+    harness = harness_tasks(recipe.evaluation)
     lock = runs.RunLock(root)
 
     def claim() -> runs.RunState | None:
@@ -150,6 +152,7 @@ def run(
                 router=Router() if recipe.strategy.routing == "prototype" else None,
                 sharded=strategy.sharded,
                 tracking=tracking,
+                harness=harness,
             )
             return TaskLoop(ctx, started).run()
     finally:
@@ -167,6 +170,7 @@ class TaskLoop:
         self.matrix: Matrix = {}
         self.checkpoint: Checkpoint | None = None
         self.eval_vectors: dict[str, torch.Tensor] = {}  # routing: eval prompts' embeddings
+        self.harness: Matrix = {}  # evaluation.harness: a row of harness scores per stage
 
     def run(self) -> TrainResult:
         """setup, resume, train, complete; a failure is recorded in run.json, then re-raised."""
@@ -208,10 +212,13 @@ class TaskLoop:
         state.processes = ctx.accelerator.num_processes
         state.dtype = str(ctx.model.dtype).removeprefix("torch.")
         state.timings.load_seconds = round(time.perf_counter() - loading, 2)
-        self.matrix = read_rows(ctx.folder, ctx.names) if self.checkpoint is not None else {}
+        self.matrix = read_rows(ctx.folder.matrix, ctx.names) if self.checkpoint is not None else {}
+        if self.checkpoint is not None and ctx.harness is not None:
+            self.harness = read_rows(ctx.folder.eval.harness, ctx.harness.names)
         if runs.BASE not in self.matrix:
             with ctx.model.disable_adapter():
                 self.matrix[runs.BASE] = self.score_row(runs.BASE)
+                self.score_harness(runs.BASE)
             self.write_matrix()
         self.stages = ctx.strategy.stages()
         state.stages = [stage.name for stage in self.stages]
@@ -326,6 +333,7 @@ class TaskLoop:
         """Score every task after `stage` and record the row: the stage is then done."""
         ctx = self.ctx
         self.matrix[stage.name] = self.score_row(stage.name)
+        self.score_harness(stage.name)
         ctx.state.tasks_done += [ctx.names[i] for i in stage.tasks]
         self.write_matrix()
         self.write_card(stage)
@@ -378,6 +386,20 @@ class TaskLoop:
         if routed[1]:
             ctx.state.routing_accuracy[stage] = round(routed[0] / routed[1], 6)
         return row
+
+    def score_harness(self, stage: str) -> None:
+        """The harness tasks' row after `stage`, with the model as it stands (every process
+        scores them, which a sharded model needs); written beside the matrix."""
+        ctx = self.ctx
+        if ctx.harness is None:
+            return
+        scores = score_harness(ctx.model, ctx.tokenizer, ctx.harness, ctx.recipe.evaluation)
+        self.harness[stage] = list(scores)
+        if ctx.main:
+            eval_folder = ctx.folder.eval
+            runs.write_matrix(eval_folder.harness, ctx.harness.names, self.harness)
+            title = f"{ctx.recipe.name}: harness"
+            save_heatmap(eval_folder.harness_heatmap, ctx.harness.names, self.harness, title)
 
     def cells(self, stage: str) -> set[int]:
         """The tasks scored after `stage`: all of them, or with `evaluation.cells: sparse` the
@@ -457,6 +479,8 @@ class TaskLoop:
         """Compute the metrics, mark the run completed and drop the checkpoint."""
         ctx, state = self.ctx, self.ctx.state
         metrics = stage_metrics(ctx.names, state.stages, self.matrix)
+        if ctx.harness is not None:
+            metrics["harness"] = harness_changes(ctx.harness.names, self.harness)
         state.status = "completed"
         state.finished_at = runs.now()
         self.stamp_times()
@@ -490,11 +514,12 @@ class TaskLoop:
             self.ctx.tracking.close()
 
 
-def read_rows(folder: runs.RunFolder, names: list[str]) -> Matrix:
-    """The matrix rows an earlier, unfinished attempt of this run already scored."""
-    if not folder.matrix.is_file():
+def read_rows(path: Path, names: list[str]) -> Matrix:
+    """The rows of a matrix (the tasks', or the harness's) that an earlier, unfinished attempt
+    of this run already scored."""
+    if not path.is_file():
         return {}
-    columns, rows = runs.read_matrix(folder.matrix)
+    columns, rows = runs.read_matrix(path)
     return rows if columns == names else {}
 
 

@@ -73,6 +73,12 @@ HEADER = (
 )
 
 
+def stopped(folder: Path) -> bool:
+    """Whether the run in folder was stopped on request and can resume."""
+    state = folder / "run.json"
+    return state.is_file() and json.loads(state.read_text())["status"] == "preempted"
+
+
 def completed(folder: Path) -> bool:
     state = folder / "run.json"
     return state.is_file() and json.loads(state.read_text())["status"] == "completed"
@@ -93,7 +99,8 @@ def train(recipe: Path, overrides: list[str], folder: Path, record: Path) -> Pat
     if completed(record):
         return record
     if not completed(folder):
-        command = [str(PECFT), "train", str(recipe), "--overwrite"]
+        # a run stopped on request (exit 75) resumes from its checkpoint; anything else restarts
+        command = [str(PECFT), "train", str(recipe)] + ([] if stopped(folder) else ["--overwrite"])
         for item in [*overrides, f"output_dir={folder}"]:
             command += ["--set", item]
         print("$", shlex.join(command), flush=True)

@@ -73,6 +73,11 @@ HEADER = (
 )
 
 
+def run_command(command: list[str]) -> int:
+    print("$", shlex.join(command), flush=True)
+    return subprocess.run(command, stdout=subprocess.DEVNULL).returncode
+
+
 def stopped(folder: Path) -> bool:
     """Whether the run in folder was stopped on request and can resume."""
     state = folder / "run.json"
@@ -99,14 +104,16 @@ def train(recipe: Path, overrides: list[str], folder: Path, record: Path) -> Pat
     if completed(record):
         return record
     if not completed(folder):
-        # a run stopped on request (exit 75) resumes from its checkpoint; anything else restarts
-        command = [str(PECFT), "train", str(recipe)] + ([] if stopped(folder) else ["--overwrite"])
+        command = [str(PECFT), "train", str(recipe)]
         for item in [*overrides, f"output_dir={folder}"]:
             command += ["--set", item]
-        print("$", shlex.join(command), flush=True)
-        done = subprocess.run(command, stdout=subprocess.DEVNULL)
-        if done.returncode != 0:
-            print(f"failed with exit code {done.returncode}: {folder}", flush=True)
+        # A run stopped on request (exit 75) resumes from its checkpoint, unless pecft refuses
+        # it (exit 2: a recipe another pecft version resolved differently); then it restarts.
+        code = run_command(command) if stopped(folder) else 2
+        if code == 2:
+            code = run_command([*command, "--overwrite"])
+        if code != 0:
+            print(f"failed with exit code {code}: {folder}", flush=True)
             return None
     for name in RECORDED:
         (record / name).parent.mkdir(parents=True, exist_ok=True)

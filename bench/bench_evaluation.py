@@ -37,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the lm-eval agreement test's helpers
+sys.path.insert(0, str(ROOT / "bench"))  # the training benchmark's matmul peak
 
 
 def median_seconds(call: Callable[[], object], repeats: int) -> float:
@@ -124,7 +125,28 @@ def harness_requests(task_folder: Path, name: str) -> list:
 Row = tuple[str, float, float]  # scorer, seconds, accuracy
 
 
-def choice_rows(variant: str, recipe: Any, adapter: Path, folder: Path, repeats: int) -> list[Row]:
+def floor_seconds(model: Any, prompts: list[list[int]], generated: int, peak: float) -> float:
+    """The least time of any scorer that computes the same products in this precision: the
+    model's linear layers over every real prompt token and every generated token, the head
+    once per prompt and per generated token, all at the measured matrix-product peak."""
+    head = model.get_output_embeddings()
+    body = sum(
+        m.weight.numel()
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m is not head and "lora_" not in name
+    )
+    tokens = sum(len(p) for p in prompts)
+    flops = 2 * (body * (tokens + generated) + head.weight.numel() * (len(prompts) + generated))
+    return flops / peak
+
+
+def unfolded(config: Any) -> Any:
+    return config.model_copy(update={"fold_adapters": False})
+
+
+def choice_rows(
+    variant: str, recipe: Any, adapter: Path, folder: Path, repeats: int, peak: float
+) -> tuple[list[Row], float]:
     """Every choice scorer on one variant of the unicode_category task."""
     from lm_eval import simple_evaluate
     from test_lm_eval_agreement import (
@@ -158,11 +180,20 @@ def choice_rows(variant: str, recipe: Any, adapter: Path, folder: Path, repeats:
             log_samples=False,
         )
 
+    accuracy = sum(p["correct"] for p in ours) / len(ours)
+    live = unfolded(config)
+    continued = sum(len(ids) - 1 for e in data.eval for ids in e.choice_ids or [])
+    floor = floor_seconds(model, [e.prompt_ids for e in data.eval], continued, peak)
     return [
         (
             "pecft score_task",
             median_seconds(lambda: pecft_predictions(model, tokenizer, data, config), repeats),
-            sum(p["correct"] for p in ours) / len(ours),
+            accuracy,
+        ),
+        (
+            "pecft, fold_adapters: false",
+            median_seconds(lambda: pecft_predictions(model, tokenizer, data, live), repeats),
+            accuracy,
         ),
         ("per-choice loop", *timed(lambda: loop_choices(model, data.eval))),
         (
@@ -171,10 +202,12 @@ def choice_rows(variant: str, recipe: Any, adapter: Path, folder: Path, repeats:
             harness,
         ),
         ("lm-eval simple_evaluate", median_seconds(harness_pass, repeats), harness),
-    ]
+    ], floor
 
 
-def generation_rows(recipe: Any, adapter: Path, folder: Path, repeats: int) -> list[Row]:
+def generation_rows(
+    recipe: Any, adapter: Path, folder: Path, repeats: int, peak: float
+) -> tuple[list[Row], float]:
     """Every exact-match scorer on the numeric_value task."""
     from test_lm_eval_agreement import harness_model, load_pecft
 
@@ -191,11 +224,22 @@ def generation_rows(recipe: Any, adapter: Path, folder: Path, repeats: int) -> l
         normalize_answer(cut_at_stop(answer, config.stop)) == normalize_answer(example.target)
         for answer, example in zip(answers, data.eval, strict=True)
     ) / len(data.eval)
+    live = unfolded(config)
+    written = sum(  # a lower bound: the stop token each answer ends with is not counted
+        len(tokenizer(p["prediction"], add_special_tokens=False)["input_ids"])
+        for p in score_task(model, tokenizer, data, config).predictions
+    )
+    floor = floor_seconds(model, [e.prompt_ids for e in data.eval], written, peak)
     return [
         (
             "pecft score_task",
             median_seconds(lambda: score_task(model, tokenizer, data, config), repeats),
             score_task(model, tokenizer, data, config).score,
+        ),
+        (
+            "pecft, fold_adapters: false",
+            median_seconds(lambda: score_task(model, tokenizer, data, live), repeats),
+            score_task(model, tokenizer, data, live).score,
         ),
         (
             "per-example generate loop",
@@ -206,7 +250,7 @@ def generation_rows(recipe: Any, adapter: Path, folder: Path, repeats: int) -> l
             median_seconds(lambda: lm.generate_until(requests, disable_tqdm=True), repeats),
             harness,
         ),
-    ]
+    ], floor
 
 
 def task_recipe(recipe: Any, task: str, max_new_tokens: int) -> Any:
@@ -227,7 +271,7 @@ def task_recipe(recipe: Any, task: str, max_new_tokens: int) -> Any:
     return recipe.model_copy(update={"tasks": [section], "evaluation": evaluation})
 
 
-def print_table(title: str, examples: int, rows: list[Row]) -> None:
+def print_table(title: str, examples: int, rows: list[Row], floor: float) -> None:
     print(f"\n{title}: {examples} examples")
     for name, seconds, accuracy in rows:
         speed = examples / seconds
@@ -235,6 +279,10 @@ def print_table(title: str, examples: int, rows: list[Row]) -> None:
     ours = rows[0][1]
     for name, seconds, _ in rows[1:]:
         print(f"speed-up of pecft over {name}: {seconds / ours:.2f}x")
+    print(f"floor (the real tokens' matrix products at the matmul peak): {floor:.3f} s")
+    for name, seconds, _ in rows:
+        if name.startswith(("pecft", "lm-eval")):
+            print(f"{name} over the floor: {seconds / floor:.2f}x")
 
 
 def main() -> None:
@@ -249,6 +297,7 @@ def main() -> None:
         os.environ[key] = "1"
     os.environ.setdefault("TQDM_DISABLE", "1")
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    from bench_training import peak_flops
     from test_lm_eval_agreement import train_adapter
     from transformers.utils import logging as hf_logging
 
@@ -257,18 +306,20 @@ def main() -> None:
         folder = Path(scratch)
         print("training a 24-step adapter ...", file=sys.stderr, flush=True)
         recipe, adapter = train_adapter(folder)
+        peak = peak_flops("cpu", torch.float32)
         print(
             f"SmolLM2-135M-Instruct fp32 + LoRA, batch size {recipe.evaluation.batch_size}, "
-            f"median of {args.repeats}, torch threads {torch.get_num_threads()}"
+            f"median of {args.repeats}, torch threads {torch.get_num_threads()}, "
+            f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s"
         )
         for variant in ("one-token choices", "two-token choices") if "choice" in metrics else ():
-            rows = choice_rows(variant, recipe, adapter, folder, args.repeats)
-            print_table(f"choice, unicode_category, 5 {variant}", 60, rows)
+            rows, floor = choice_rows(variant, recipe, adapter, folder, args.repeats, peak)
+            print_table(f"choice, unicode_category, 5 {variant}", 60, rows, floor)
         if "exact_match" not in metrics:
             return
         generation = task_recipe(recipe, "numeric_value", 6)
-        rows = generation_rows(generation, adapter, folder, args.repeats)
-        print_table("exact_match, numeric_value, up to 6 new tokens", 40, rows)
+        rows, floor = generation_rows(generation, adapter, folder, args.repeats, peak)
+        print_table("exact_match, numeric_value, up to 6 new tokens", 40, rows, floor)
 
 
 if __name__ == "__main__":

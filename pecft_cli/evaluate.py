@@ -1,13 +1,15 @@
 """Scoring a model on a task's eval examples: one number per task, and the per-example evidence.
 
-- exact_match: greedy generation (batched by length, left-padded, stopping at end-of-sequence,
-  a stop string or max_new_tokens) compared after SQuAD-style normalisation, as the O-LoRA
-  reference scores.
+- exact_match: greedy generation (batched by length, `decoding.greedy_decode`, stopping at
+  end-of-sequence, a stop string or max_new_tokens) compared after SQuAD-style normalisation,
+  as the O-LoRA reference scores.
 - rouge_l: the same generation, scored by ROUGE-L F1 over normalised words, for answers that
   are sentences rather than labels.
 - choice: log-likelihood ranking of the task's choices after the prompt, as
   lm-evaluation-harness does (`acc`; `acc_norm` divides by the choice's length in characters).
   The prompt runs through the model once; the choices continue from its cached keys and values.
+
+Scoring runs with the active LoRAs folded into a copy of the weights (`folding`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from transformers import (
 )
 
 from pecft_cli.data import Example, TaskData
+from pecft_cli.decoding import greedy_decode, prefill
+from pecft_cli.folding import folded
 from pecft_cli.recipe import EvaluationSection
 from pecft_cli.sharding import is_sharded, no_grad
 
@@ -95,7 +99,7 @@ def score_task(
     was_training = model.training
     model.eval()
     try:
-        with no_grad(model):
+        with folded(model, config.fold_adapters), no_grad(model):
             if data.metric == "choice":
                 predictions = rank_choices(model, data.eval, config.batch_size, shard)
             else:
@@ -143,6 +147,7 @@ def generate_answers(
         config.max_new_tokens,
         config.stop,
         shard,
+        config.fold_adapters,
     )
     results = []
     for i in sorted(answers):
@@ -170,34 +175,53 @@ def greedy_answers(
     max_new_tokens: int,
     stop: list[str],
     shard: Shard = WHOLE,
+    fold: bool = True,
 ) -> dict[int, str]:
-    """Greedy answers by prompt index, in length-sorted, left-padded batches.
+    """Greedy answers by prompt index, in length-sorted batches; a sequence ends at
+    end-of-sequence or a stop string, and leaves its batch then. `fold`: see `folding`."""
+    eos = tokenizer.eos_token_id
 
-    A batch stops as soon as every sequence has ended (end-of-sequence or a stop string).
-    """
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id
+    def ended(new: list[int]) -> bool:
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        return new[-1] == eos or any(s in text for s in stop)
+
     answers: dict[int, str] = {}
-    for chunk in length_batches([len(p) for p in prompts], batch_size, shard):
-        width = max(len(prompts[i]) for i in chunk)
-        ids, mask = [], []
-        for i in chunk:
-            pad = width - len(prompts[i])
-            ids.append([pad_id] * pad + prompts[i])
-            mask.append([0] * pad + [1] * len(prompts[i]))
-        output = model.generate(
-            input_ids=torch.tensor(ids, device=device),
-            attention_mask=torch.tensor(mask, device=device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad_id,
-            eos_token_id=tokenizer.eos_token_id,
-            stopping_criteria=StoppingCriteriaList([StopAtText(tokenizer, stop, width)]),
-            synced_gpus=is_sharded(model),  # a sharded model's processes step together
-        )
-        for row, i in zip(output[:, width:].tolist(), chunk, strict=True):
-            answers[i] = cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), stop)
+    with folded(model, fold), no_grad(model):
+        for chunk in length_batches([len(p) for p in prompts], batch_size, shard):
+            rows = [prompts[i] for i in chunk]
+            if is_sharded(model):
+                new = synced_generate(model, tokenizer, rows, max_new_tokens, stop)
+            else:
+                new = greedy_decode(model, rows, max_new_tokens, ended)
+            for tokens, i in zip(new, chunk, strict=True):
+                answers[i] = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop)
     return answers
+
+
+def synced_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[list[int]],
+    max_new_tokens: int,
+    stop: list[str],
+) -> list[list[int]]:
+    """A sharded model's batch through `generate`, whose processes step together until every
+    one has finished (`synced_gpus`): every forward pass of a sharded model is a collective."""
+    device = next(model.parameters()).device
+    pad_id, width = tokenizer.pad_token_id, max(len(row) for row in rows)
+    ids = [[pad_id] * (width - len(row)) + row for row in rows]
+    mask = [[0] * (width - len(row)) + [1] * len(row) for row in rows]
+    output = model.generate(
+        input_ids=torch.tensor(ids, device=device),
+        attention_mask=torch.tensor(mask, device=device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad_id,
+        eos_token_id=tokenizer.eos_token_id,
+        stopping_criteria=StoppingCriteriaList([StopAtText(tokenizer, stop, width)]),
+        synced_gpus=True,
+    )
+    return output[:, width:].tolist()
 
 
 class StopAtText(StoppingCriteria):
@@ -259,42 +283,30 @@ def rank_choices(
 def choice_logprobs(model: PreTrainedModel, examples: list[Example]) -> list[list[float]]:
     """Each example's summed choice log-probabilities, running every prompt only once.
 
-    Prompts are left-padded, with position ids that count real tokens only, so every prompt ends
-    at the last position: the vocabulary-wide head runs there alone, and its log-probabilities
-    score every choice's first token. Choices with more tokens then continue from a copy of their
-    prompt's cached keys and values.
+    The prompts run as `decoding.prefill` runs them (their shared start once, the head at each
+    prompt's end only), and those log-probabilities score every choice's first token. Choices
+    with more tokens then continue from a copy of their prompt's cached keys and values.
     """
-    device = next(model.parameters()).device
-    lengths = torch.tensor([len(e.prompt_ids) for e in examples], device=device)
-    width = int(lengths.max())
-    ids = torch.zeros(len(examples), width, dtype=torch.long, device=device)
-    for row, example in enumerate(examples):
-        ids[row, width - len(example.prompt_ids) :] = torch.tensor(example.prompt_ids)
-    offsets = torch.arange(width, device=device) - (width - lengths)[:, None]
-    mask = (offsets >= 0).long()
     longer = [
         (row, c)
         for row, example in enumerate(examples)
         for c, choice in enumerate(example.choice_ids or [])
         if len(choice) > 1
     ]
-    output = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=offsets.clamp(min=0),
-        use_cache=bool(longer),
-        logits_to_keep=1,
+    # Every process of a sharded model must run the same passes: no shared-start pass there.
+    state = prefill(
+        model, [e.prompt_ids for e in examples], bool(longer), share=not is_sharded(model)
     )
-    first = torch.log_softmax(output.logits[:, -1].float(), -1)
+    first = torch.log_softmax(state.logits, -1)
     sums = [
         [first[row, choice[0]].item() for choice in example.choice_ids or []]
         for row, example in enumerate(examples)
     ]
     if not longer:
         return sums
+    device = state.mask.device
     rows = torch.tensor([row for row, _ in longer], device=device)
-    cache = output.past_key_values
-    cache.batch_select_indices(rows)
+    state.cache.batch_select_indices(rows)
     tails = [examples[row].choice_ids[c] for row, c in longer]
     steps = max(len(tail) for tail in tails) - 1
     feed = torch.zeros(len(longer), steps, dtype=torch.long, device=device)
@@ -304,12 +316,11 @@ def choice_logprobs(model: PreTrainedModel, examples: list[Example]) -> list[lis
         torch.arange(steps, device=device)
         < torch.tensor([len(tail) - 1 for tail in tails], device=device)[:, None]
     ).long()
-    positions = lengths[rows][:, None] + torch.arange(steps, device=device)
     logits = model(
         input_ids=feed,
-        attention_mask=torch.cat([mask[rows], feed_mask], dim=1),
-        position_ids=positions,
-        past_key_values=cache,
+        attention_mask=torch.cat([state.mask[rows], feed_mask], dim=1),
+        position_ids=state.positions[rows][:, None] + torch.arange(steps, device=device),
+        past_key_values=state.cache,
         use_cache=True,
     ).logits.float()
     scores = torch.log_softmax(logits, dim=-1)

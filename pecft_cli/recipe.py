@@ -182,6 +182,11 @@ class EvaluationSection(Section):
     full_every: int = Field(
         0, ge=0, le=COUNT_LIMIT, description="with cells: sparse, every k-th stage's whole row"
     )
+    fold_adapters: bool = Field(
+        True,
+        description="score with float LoRA layers folded into a copy of their weights: faster, "
+        "and costs the adapted weights' memory once more while scoring",
+    )
 
     @field_validator("stop")
     @classmethod

@@ -3,19 +3,25 @@
 One adapter (24 LoRA steps of the quickstart's unicode_category task on SmolLM2-135M-Instruct,
 fp32) scores 60 eval examples three ways, one after the other in this process:
 
-- choice, unicode_category (5 one-token choices) and the same data with two-token choices
-  (" letter character", ...): pecft's `score_task`; a loop that runs prompt + choice through the
-  model once per choice; lm-eval's `loglikelihood` on the task's 300 requests (the part of the
-  harness that corresponds to pecft's scoring) and a whole `simple_evaluate` pass;
-- exact_match, numeric_value (greedy, up to 6 new tokens, stop at a newline): pecft's
-  `score_task`; a loop that calls `generate` on one example at a time; lm-eval's
-  `generate_until` on the same requests.
+- choice, unicode_category (5 one-token choices), the same data with two-token choices
+  (" letter character", ...) and with O-LoRA's prompt layout (task, data set, instruction and
+  options ahead of the input, as recipes/benchmarks/ write them): pecft's `score_task`, also
+  with `fold_adapters: false`; a loop that runs prompt + choice through the model once per
+  choice; lm-eval's `loglikelihood` on the task's 300 requests (the part of the harness that
+  corresponds to pecft's scoring) and a whole `simple_evaluate` pass;
+- exact_match, numeric_value (greedy, up to 6 new tokens, stop at a newline), plain and with
+  an instruction ahead: pecft's `score_task`, also unfolded; a loop that calls `generate` on
+  one example at a time; lm-eval's `generate_until` on the same requests.
 
     .venv/bin/python bench/bench_evaluation.py --repeats 3
 
 Each timing is the median of --repeats calls after an untimed warm-up (one call for the slow
 per-example loops). Accuracy is printed for every scorer: the speed-ups only count where the
-answers are the same.
+answers are the same. Each table ends with a floor: the time of the matrix products that every
+real token needs (the linear layers at every prompt and generated token, the head where a
+next token is read) at the float32 matmul peak measured here, and each scorer's time over it:
+no scorer that computes the same products in float32 can be faster, so lm-eval's time over the
+floor bounds what any such scorer can gain over lm-eval.
 """
 
 from __future__ import annotations
@@ -123,6 +129,14 @@ def harness_requests(task_folder: Path, name: str) -> list:
 
 
 Row = tuple[str, float, float]  # scorer, seconds, accuracy
+# O-LoRA's prompt layout (recipes/benchmarks/): task, data set, instruction and options ahead
+# of the input, the same for every example of a task.
+INSTRUCTIONS = {
+    "unicode_category": "Task:TC\nDataset:unicode\nWhat is the Unicode category of the following "
+    "character? Choose one from the option.\nOption: letter, mark, number, punctuation, symbol \n",
+    "numeric_value": "Task:QA\nDataset:unicode\nWhat is the numeric value of the following "
+    "character? Answer with the number alone.\n",
+}
 
 
 def floor_seconds(model: Any, prompts: list[list[int]], generated: int, peak: float) -> float:
@@ -138,6 +152,11 @@ def floor_seconds(model: Any, prompts: list[list[int]], generated: int, peak: fl
     tokens = sum(len(p) for p in prompts)
     flops = 2 * (body * (tokens + generated) + head.weight.numel() * (len(prompts) + generated))
     return flops / peak
+
+
+def instructed(task: Any) -> None:
+    """The task's prompt behind its O-LoRA-style instruction."""
+    task.prompt = INSTRUCTIONS[task.name] + task.prompt
 
 
 def unfolded(config: Any) -> Any:
@@ -161,8 +180,10 @@ def choice_rows(
     )
 
     recipe = recipe.model_copy(deep=True)
-    if variant != "one-token choices":
+    if variant.startswith("two-token"):
         multi_token_choices(recipe.tasks[0])
+    if "instruction" in variant:
+        instructed(recipe.tasks[0])
     config = recipe.evaluation
     model, tokenizer, data = load_pecft(recipe, adapter)
     task_folder = write_harness_task(recipe.tasks[0], folder / variant.replace(" ", "-"))
@@ -285,6 +306,13 @@ def print_table(title: str, examples: int, rows: list[Row], floor: float) -> Non
             print(f"{name} over the floor: {seconds / floor:.2f}x")
 
 
+CHOICE_VARIANTS = (
+    "one-token choices",
+    "two-token choices",
+    "one-token choices, O-LoRA instruction",
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per scorer")
@@ -312,14 +340,16 @@ def main() -> None:
             f"median of {args.repeats}, torch threads {torch.get_num_threads()}, "
             f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s"
         )
-        for variant in ("one-token choices", "two-token choices") if "choice" in metrics else ():
+        for variant in CHOICE_VARIANTS if "choice" in metrics else ():
             rows, floor = choice_rows(variant, recipe, adapter, folder, args.repeats, peak)
             print_table(f"choice, unicode_category, 5 {variant}", 60, rows, floor)
-        if "exact_match" not in metrics:
-            return
-        generation = task_recipe(recipe, "numeric_value", 6)
-        rows, floor = generation_rows(generation, adapter, folder, args.repeats, peak)
-        print_table("exact_match, numeric_value, up to 6 new tokens", 40, rows, floor)
+        for variant in ("plain", "instruction") if "exact_match" in metrics else ():
+            generation = task_recipe(recipe, "numeric_value", 6)
+            if variant == "instruction":
+                instructed(generation.tasks[0])
+            rows, floor = generation_rows(generation, adapter, folder, args.repeats, peak)
+            title = f"exact_match, numeric_value, up to 6 new tokens, {variant} prompts"
+            print_table(title, 40, rows, floor)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# transformers 5 renames the key/value cache argument and output from `past_key_values` to
+# `cache` (the old name warns, and goes in 5.40).
+CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -47,7 +52,7 @@ def last_logits(model: torch.nn.Module, **inputs: Any) -> tuple[torch.Tensor, An
     width = inputs["input_ids"].shape[1]
     keep = torch.tensor([width - 1], device=inputs["input_ids"].device)
     output = model(**inputs, logits_to_keep=keep)
-    return output.logits[:, -1].float(), output.past_key_values
+    return output.logits[:, -1].float(), getattr(output, CACHE)
 
 
 def prefill(
@@ -78,8 +83,8 @@ def prefill(
         input_ids=ids,
         attention_mask=mask,
         position_ids=shared + offsets.clamp(min=0),
-        past_key_values=cache,
         use_cache=use_cache or bool(shared),
+        **{CACHE: cache},
     )
     return Prefill(logits, cache, mask, lengths)
 
@@ -114,8 +119,8 @@ def greedy_decode(
             input_ids=torch.tensor(chosen, device=state.mask.device)[:, None],
             attention_mask=state.mask,
             position_ids=state.positions[:, None],
-            past_key_values=state.cache,
             use_cache=True,
+            **{CACHE: state.cache},
         )
         state.positions = state.positions + 1
     return new

@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from pecft_cli.data import Example, TaskData
-from pecft_cli.decoding import greedy_decode, prefill
+from pecft_cli.decoding import CACHE, greedy_decode, prefill
 from pecft_cli.folding import folded
 from pecft_cli.recipe import EvaluationSection
 from pecft_cli.sharding import is_sharded, no_grad
@@ -320,8 +320,8 @@ def choice_logprobs(model: PreTrainedModel, examples: list[Example]) -> list[lis
         input_ids=feed,
         attention_mask=torch.cat([state.mask[rows], feed_mask], dim=1),
         position_ids=state.positions[rows][:, None] + torch.arange(steps, device=device),
-        past_key_values=state.cache,
         use_cache=True,
+        **{CACHE: state.cache},
     ).logits.float()
     scores = torch.log_softmax(logits, dim=-1)
     for k, ((row, c), tail) in enumerate(zip(longer, tails, strict=True)):

@@ -266,12 +266,19 @@ def endless(loader: DataLoader) -> Iterator[list[dict[str, list[int]]]]:
 
 
 def set_gradient_checkpointing(model: PeftModel, enabled: bool, stage: str) -> None:
-    """Turn activation recomputation on or off for this stage's training."""
+    """Turn activation recomputation on or off for this stage's training.
+
+    transformers 5 calls it activation checkpointing and warns at the old names, which 4.x has
+    alone: take whichever the installed version has under its current name.
+    """
+    base = model.get_base_model()
+    name = "activation" if hasattr(base, "activation_checkpointing_enable") else "gradient"
     if not enabled:
-        model.gradient_checkpointing_disable()
+        getattr(base, f"{name}_checkpointing_disable")()
         return
     try:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(base, f"{name}_checkpointing_enable")
+        enable(**{f"{name}_checkpointing_kwargs": {"use_reentrant": False}})
     except ValueError:
         raise PecftError(
             f"training.gradient_checkpointing (task '{stage}'): this {model.config.model_type} "

@@ -1,6 +1,7 @@
 """The task loop on the tiny model: adapters that stock PEFT reloads, and seeded determinism."""
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -132,13 +133,17 @@ def test_gradient_checkpointing_recomputes_and_trains_the_same_adapter(
     common = ["training.max_steps=4", "lora.dropout=0.1"]
     plain = run(load_recipe(recipe_file, [*common, f"output_dir={tmp_path / 'plain'}"]))
     assert not calls
-    saved = run(
-        load_recipe(
-            recipe_file,
-            [*common, "training.gradient_checkpointing=true", f"output_dir={tmp_path / 'gc'}"],
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        saved = run(
+            load_recipe(
+                recipe_file,
+                [*common, "training.gradient_checkpointing=true", f"output_dir={tmp_path / 'gc'}"],
+            )
         )
-    )
     assert calls
+    switches = ("gradient_checkpointing_enable", "gradient_checkpointing_disable")
+    assert not [w for w in caught if any(name in str(w.message) for name in switches)]
     for adapter in ("01-codes", "02-yesno"):
         a = load_file(plain.folder / "adapters" / adapter / "adapter_model.safetensors")
         b = load_file(saved.folder / "adapters" / adapter / "adapter_model.safetensors")

@@ -121,6 +121,10 @@ def relaunch(processes: int, argv: list[str], fsdp: bool = False) -> int:
             failures = exc.failures
         except SignalException:
             pass
+        except SystemExit as exc:
+            # accelerate 1.16 and later turn the agent's stop signal into exit 128 + signal.
+            if exc.code != 128 + signal.SIGTERM:
+                raise
         finally:
             signal.signal(signal.SIGUSR1, previous)
         return outcome(Path(scratch), failures, processes)

@@ -123,7 +123,7 @@ def relaunch(processes: int, argv: list[str], fsdp: bool = False) -> int:
             pass
         except SystemExit as exc:
             # accelerate 1.16 and later turn the agent's stop signal into exit 128 + signal.
-            if exc.code != 128 + signal.SIGTERM:
+            if exc.code not in (128 + signal.SIGTERM, 128 + signal.SIGINT):
                 raise
         finally:
             signal.signal(signal.SIGUSR1, previous)

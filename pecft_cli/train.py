@@ -16,7 +16,6 @@ goes to an `on_event` callback (`pecft_cli.events`), so the library never prints
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import shutil
 import time
@@ -266,10 +265,6 @@ class TaskLoop:
             self.write_boundary(stage, summary)
             ctx.save_state()
             self.finish_stage(stage)
-            # A stage's trainer, optimizer and scoring batches end in reference cycles that hold
-            # tensors until a cyclic collection happens to run: over 50 stages that doubled the
-            # peak memory. Collect them while they are a stage's worth, not a stream's.
-            gc.collect()
             if ctx.stop.requested(ctx.accelerator) and stage.index + 1 < len(self.stages):
                 raise Preempted(f"stopped after {stage.name}")
 

@@ -116,8 +116,8 @@ class StageTrainer:
         install_dropout(self.model, self.dropout)
         for step in range(self.done + 1, self.steps + 1):
             self.optimizer_step(step)
-            if step % settings.log_every == 0 or step == self.steps:
-                self.log(step)
+            if step == 1 or step % settings.log_every == 0 or step == self.steps:
+                self.log(step)  # step 1 too: a stage's first loss is its starting point
             stopping = self.ctx.stop.requested(self.ctx.accelerator)
             if self.wants_checkpoint(step, stopping):
                 self.progress["seconds"] += time.perf_counter() - segment_start
@@ -144,6 +144,7 @@ class StageTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.window.steps += 1
 
     def micro_batch(self, step: int, micro: int) -> None:
         """Forward and backward on this process's share of one micro-batch."""
@@ -184,9 +185,9 @@ class StageTrainer:
 
     def log(self, step: int) -> None:
         """One line of logs/train.jsonl: the means over the steps since the last line."""
-        accelerator, settings, stage = self.ctx.accelerator, self.plan.settings, self.plan.stage
+        accelerator, stage = self.ctx.accelerator, self.plan.stage
         elapsed = time.perf_counter() - self.window.start
-        logged = step % settings.log_every or settings.log_every
+        logged = self.window.steps
         tokens = reduce_sum(accelerator, self.window.tokens)
         entry = {
             "task": stage.name,
@@ -252,10 +253,11 @@ class Window:
     extra: float | None = None
     batch_term: float = 0.0
     tokens: int = 0
+    steps: int = 0
     start: float = 0.0
 
     def restart(self) -> None:
-        self.loss, self.extra, self.batch_term, self.tokens = 0.0, None, 0.0, 0
+        self.loss, self.extra, self.batch_term, self.tokens, self.steps = 0.0, None, 0.0, 0, 0
         self.start = time.perf_counter()
 
 

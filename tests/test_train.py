@@ -32,6 +32,32 @@ def test_training_changes_the_adapter_and_lowers_the_loss(recipe_file: Path) -> 
     )
 
 
+def test_log_lines_average_the_steps_since_the_last_and_start_at_step_one(
+    recipe_file: Path, tmp_path: Path
+) -> None:
+    every = run(load_recipe(recipe_file, ["training.max_steps=7", f"output_dir={tmp_path / 'a'}"]))
+    sparse = run(
+        load_recipe(
+            recipe_file,
+            ["training.max_steps=7", "training.log_every=5", f"output_dir={tmp_path / 'b'}"],
+        )
+    )
+
+    def losses(folder: Path) -> dict[int, float]:
+        lines = [
+            json.loads(line) for line in (folder / "logs/train.jsonl").read_text().splitlines()
+        ]
+        return {entry["step"]: entry["loss"] for entry in lines if entry["task"] == "codes"}
+
+    each, logged = losses(every.folder), losses(sparse.folder)
+    assert sorted(logged) == [1, 5, 7]
+    assert logged[1] == each[1]
+    assert logged[5] == pytest.approx(sum(each[s] for s in range(2, 6)) / 4, abs=1e-4)
+    assert logged[7] == pytest.approx((each[6] + each[7]) / 2, abs=1e-4)
+    summary = sparse.state.training["codes"]
+    assert (summary["first_loss"], summary["last_loss"]) == (logged[1], logged[7])
+
+
 def test_same_seed_gives_identical_adapters(recipe_file: Path, tmp_path: Path) -> None:
     first = run(load_recipe(recipe_file, [f"output_dir={tmp_path / 'a'}"]))
     second = run(load_recipe(recipe_file, [f"output_dir={tmp_path / 'b'}"]))

@@ -8,10 +8,11 @@ training rows, 8 eval rows, 4 optimizer steps, the matrix scored sparsely (`eval
 sparse`). Repeating the rows keeps every stage's lengths those of its twin early in the stream,
 so a cost that grows can only come from the number of tasks before it. Each run is a plain
 `pecft train` into bench/runs/long/<N>/<strategy>/; its run.json gives, per stage, the seconds
-per optimizer step, the seconds of its matrix row and the process's peak resident memory so
-far. The table prints the step time and the row time early (stages 2-13) and late (the last 12
-stages: the same 12 data sets and rows) with the ratio of the time per training token, and the
-peak memory after the first and the last stage with its ratio.
+per optimizer step, the seconds of its matrix row and the process's peak resident memory once
+the stage was trained, saved and scored. The table prints the step time and the row time early
+(stages 2-13) and late (the last 12 stages: the same 12 data sets and rows) with the ratio of
+the time per training token, and the peak memory after the first and the last stage with its
+ratio.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def run(recipe: Path, strategy: str, folder: Path) -> dict:
 
 def costs(state: dict) -> list[tuple[float, float, float, float]]:
     """Per stage: seconds per optimizer step, seconds per training token, seconds of its
-    matrix row, peak RSS (MiB)."""
+    matrix row, peak RSS (MiB) once the stage was trained, saved and scored."""
     out = []
     for stage in state["stages"]:
         summary = state["training"][stage]
@@ -121,7 +122,7 @@ def costs(state: dict) -> list[tuple[float, float, float, float]]:
                 summary["seconds"] / summary["steps"],
                 summary["seconds"] / summary["tokens"],
                 state["timings"]["eval_seconds"][stage],
-                summary["peak_memory_mb"]["cpu_rss"],
+                state["stage_peak_memory_mb"][stage]["cpu_rss"],
             )
         )
     return out

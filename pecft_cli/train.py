@@ -337,6 +337,7 @@ class TaskLoop:
         ctx.state.tasks_done += [ctx.names[i] for i in stage.tasks]
         self.write_matrix()
         self.write_card(stage)
+        ctx.state.stage_peak_memory_mb[stage.name] = runs.peak_memory_mb()
         ctx.save_state()
 
     def write_card(self, stage: Stage) -> None:

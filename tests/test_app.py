@@ -40,6 +40,11 @@ def test_train_writes_the_run_folder_contract(recipe_file: Path) -> None:
     assert state["seed"] == 3
     assert {"torch", "transformers", "peft", "accelerate"} <= set(state["versions"])
     assert state["peak_memory_mb"]["cpu_rss"] > 100
+    stage_peaks = state["stage_peak_memory_mb"]
+    assert list(stage_peaks) == ["codes", "yesno"]
+    for stage, peak in stage_peaks.items():  # taken after the stage's row, so never below
+        assert state["training"][stage]["peak_memory_mb"]["cpu_rss"] <= peak["cpu_rss"]
+    assert stage_peaks["yesno"]["cpu_rss"] <= state["peak_memory_mb"]["cpu_rss"]
     log = [json.loads(line) for line in (run / "logs/train.jsonl").read_text().splitlines()]
     assert [(e["task"], e["step"]) for e in log] == [("codes", s) for s in (1, 2, 3)] + [
         ("yesno", s) for s in (1, 2, 3)

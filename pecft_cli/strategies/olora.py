@@ -50,7 +50,7 @@ def orthogonality(
         rows = [lora_a[task_adapter(i)].weight for i in range(index) if task_adapter(i) in lora_a]
         if folded and key in folded:
             rows.insert(0, folded[key])
-        old = torch.cat(rows, dim=0)
+        old = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)  # folded: no copy a step
         total = total + torch.abs(old @ lora_a[new].weight.T).sum()
     return total
 

@@ -52,6 +52,7 @@ STRATEGIES: dict[str, list[str]] = {
     "inflora": ["strategy.name=inflora"],
     "separate+routing": ["strategy.name=separate", "strategy.routing=prototype"],
     "separate+arrow": ["strategy.name=separate", "strategy.routing=arrow"],
+    "chain+routing": ["strategy.name=chain", "strategy.routing=prototype"],
     "osf": ["strategy.name=osf", "training.lr=1e-4"],
     "joint": ["strategy.name=joint"],
     CEILING: [],

@@ -29,6 +29,7 @@ STRATEGIES = {
     "inflora": {"name": "inflora", "options": {"feature_examples": 4}},
     "osf": {"name": "osf"},
     "separate+routing": {"name": "separate", "routing": "prototype"},
+    "chain+routing": {"name": "chain", "routing": "prototype"},
 }
 
 

@@ -14,6 +14,7 @@ from pecft_cli.errors import PecftError, did_you_mean, short
 from pecft_cli.recipe import LoraSection, Section, StrategySection
 from pecft_cli.replay_buffer import ReplayBuffer, ReplayOptions
 from pecft_cli.strategies.base import Strategy
+from pecft_cli.strategies.chain import Chain
 from pecft_cli.strategies.ewc import Ewc
 from pecft_cli.strategies.inclora import IncrementalLora
 from pecft_cli.strategies.inflora import InfLora
@@ -32,6 +33,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "inflora": InfLora,
     "osf": Osf,
     "separate": Separate,
+    "chain": Chain,
     "replay": Replay,
     "joint": Joint,
     "ewc": Ewc,

@@ -78,6 +78,15 @@ def own_weights(model: PeftModel, index: int) -> Weights:
     }
 
 
+def copy_task(model: PeftModel, source: int, target: int) -> None:
+    """Set task `target`'s LoRA to task `source`'s weights, layer by layer."""
+    name, given = task_adapter(target), task_adapter(source)
+    with torch.no_grad():
+        for layer in lora_modules(model, name).values():
+            layer.lora_A[name].weight.copy_(layer.lora_A[given].weight)
+            layer.lora_B[name].weight.copy_(layer.lora_B[given].weight)
+
+
 def can_fold(model: PeftModel) -> bool:
     """Whether every LoRA layer's base weight is a plain float tensor (not 4-bit or 8-bit)."""
     weights = [m.get_base_layer().weight for m in lora_modules(model, task_adapter(0)).values()]

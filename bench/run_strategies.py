@@ -53,6 +53,11 @@ STRATEGIES: dict[str, list[str]] = {
     "separate+routing": ["strategy.name=separate", "strategy.routing=prototype"],
     "separate+arrow": ["strategy.name=separate", "strategy.routing=arrow"],
     "chain+routing": ["strategy.name=chain", "strategy.routing=prototype"],
+    "chain+replay+routing": [
+        "strategy.name=chain",
+        "strategy.replay.per_task=30",
+        "strategy.routing=prototype",
+    ],
     "osf": ["strategy.name=osf", "training.lr=1e-4"],
     "joint": ["strategy.name=joint"],
     CEILING: [],

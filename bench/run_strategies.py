@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -264,32 +262,34 @@ def task_row(strategy: str, seeds: list[list[Path]]) -> list[str]:
     return row
 
 
-def cpu_name() -> str:
-    """The CPU model, for the record of where a benchmark ran."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def machines(folders: list[Path]) -> str:
+    """The CPUs the table's runs ran on, as their run.json records them."""
+    versions = [json.loads((f / "run.json").read_text())["versions"] for f in folders]
+    named = sorted({f"{v['cpu']} ({v['cpu_count']} cores)" for v in versions if "cpu" in v})
+    unnamed = sum("cpu" not in v for v in versions)
+    if unnamed:
+        named.append(f"{unnamed} of {len(versions)} runs recorded before run.json named the CPU")
+    return "; ".join(named)
+
+
 def stream_section(
-    stream: str, rows: list[list[str]], per_task: list[list[str]], command: str, runs: Path
+    stream: str,
+    rows: list[list[str]],
+    per_task: list[list[str]],
+    command: str,
+    records: Path,
+    used: list[Path],
 ) -> str:
     """The generated part of docs/results.md for one stream."""
     tasks = stream_tasks(stream)
-    first = next((runs / stream).glob("*/run.json"), None) or next(
-        (runs / stream).glob("*/*/run.json")
-    )
-    versions = json.loads(first.read_text())["versions"]
+    versions = json.loads((used[0] / "run.json").read_text())["versions"]
     lines = [
-        f"Tasks in order: {', '.join(tasks)}. Machine: {cpu_name()}, {os.cpu_count()} CPU cores; "
+        f"Tasks in order: {', '.join(tasks)}. Machines: {machines(used)}; "
         f"pecft {versions.get('pecft-cli')}, torch {versions.get('torch')}, transformers "
         f"{versions.get('transformers')}, peft {versions.get('peft')} (from the runs' run.json).",
         "",
@@ -309,7 +309,7 @@ def stream_section(
             "",
             *table(["strategy", *tasks[:-1]], per_task),
         ]
-    lines += ["", f"Run records: `{runs.relative_to(ROOT)}/{stream}/<strategy>-seed<N>/`."]
+    lines += ["", f"Run records: `{records.relative_to(ROOT)}/{stream}/<strategy>-seed<N>/`."]
     return "\n".join(lines)
 
 
@@ -353,12 +353,13 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     place = Place(args.runs.resolve(), args.records.resolve(), args.recorded)
     for stream in streams:
-        rows, per_task = [], []
+        rows, per_task, used = [], [], []
         for variant in variants(strategies, args.sweep):
             folders = [run_once(stream, variant, seed, place) for seed in seeds]
             folders = [one for one in folders if one]
             if not folders:
                 continue
+            used += [one for seed in folders for one in seed]
             rows.append(summarize(variant.label, folders))
             per_task.append(task_row(variant.label, folders))
             print(stream, rows[-1], flush=True)
@@ -368,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_write:
             block = stream if args.sweep is None else f"{stream} sweep {args.sweep.split('=')[0]}"
             section = (
-                stream_section(stream, rows, per_task, command, place.records)
+                stream_section(stream, rows, per_task, command, place.records, used)
                 if rows
                 else "No run of this stream has completed yet."
             )

@@ -172,8 +172,23 @@ def peak_memory_mb() -> dict[str, float]:
     return peak
 
 
+def cpu_name() -> str:
+    """The CPU model: figures and bit-exact results depend on it, so each run records it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    versions = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": str(os.cpu_count()),
+    }
     for name in LIBRARIES:
         try:
             versions[name] = metadata.version(name)

@@ -38,7 +38,9 @@ def test_train_writes_the_run_folder_contract(recipe_file: Path) -> None:
     assert state["status"] == "completed"
     assert state["tasks_done"] == ["codes", "yesno"]
     assert state["seed"] == 3
-    assert {"torch", "transformers", "peft", "accelerate"} <= set(state["versions"])
+    assert {"torch", "transformers", "peft", "accelerate", "cpu", "cpu_count"} <= set(
+        state["versions"]
+    )
     assert state["peak_memory_mb"]["cpu_rss"] > 100
     stage_peaks = state["stage_peak_memory_mb"]
     assert list(stage_peaks) == ["codes", "yesno"]

@@ -165,6 +165,12 @@ def run_once(stream: str, variant: Variant, seed: int, place: Place) -> list[Pat
     return [] if None in done else [path for path in done if path is not None]
 
 
+def short_setting(item: str) -> str:
+    """`strategy.options.lambda1=0.1` as `lambda1=0.1`: the key's last part, the value whole."""
+    key, value = item.split("=", 1)
+    return f"{key.rsplit('.', 1)[-1]}={value}"
+
+
 @dataclass(frozen=True)
 class Variant:
     """A strategy as one table row: with no sweep, the strategy itself; in a sweep, the
@@ -175,7 +181,7 @@ class Variant:
 
     @property
     def label(self) -> str:
-        setting = " ".join(item.rsplit(".", 1)[-1] for item in self.overrides)
+        setting = " ".join(short_setting(item) for item in self.overrides)
         return f"{self.strategy} {setting}".strip()
 
     @property

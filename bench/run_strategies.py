@@ -4,6 +4,8 @@
     .venv/bin/python bench/run_strategies.py --streams atlas --strategies seq,olora --seeds 0
     .venv/bin/python bench/run_strategies.py --streams quickstart --strategies olora,joint \
         --seeds 0 --sweep training.lr=3e-4,1e-3,3e-3             # a sweep, its own table
+    .venv/bin/python bench/run_strategies.py --streams atlas --strategies replay \
+        --sweep strategy.options.per_task=100 --set training.lr=3e-3  # a sweep at another lr
 
 Each run is a plain `pecft train bench/recipes/<stream>.yaml --set ...` into
 bench/runs/<stream>/<strategy>-seed<N>/. What the tables read of a completed run (run.json,
@@ -189,12 +191,15 @@ class Variant:
         return self.label.replace(" ", "_")
 
 
-def variants(strategies: list[str], sweep: str | None) -> list[Variant]:
-    """Every row to run: each strategy, or each strategy at each value of `key=v1,v2,...`."""
+def variants(strategies: list[str], sweep: str | None, fixed: list[str]) -> list[Variant]:
+    """Every row to run: each strategy, or each strategy at each value of `key=v1,v2,...`,
+    with the `fixed` overrides (`key=v`) on every row."""
     if sweep is None:
-        return [Variant(strategy) for strategy in strategies]
+        return [Variant(strategy, tuple(fixed)) for strategy in strategies]
     key, values = sweep.split("=", 1)
-    return [Variant(s, (f"{key}={value}",)) for s in strategies for value in values.split(",")]
+    return [
+        Variant(s, (f"{key}={value}", *fixed)) for s in strategies for value in values.split(",")
+    ]
 
 
 def spread(values: list[float | None], form: str = ".1f", scale: float = 100) -> str:
@@ -345,6 +350,13 @@ def main(argv: list[str] | None = None) -> None:
         "--sweep", help="KEY=V1,V2,...: each strategy at each value of a recipe key"
     )
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=V",
+        help="a recipe override on every run, named in each row (repeatable)",
+    )
+    parser.add_argument(
         "--recorded", action="store_true", help="write the tables from the records; train nothing"
     )
     args = parser.parse_args(argv)
@@ -360,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     place = Place(args.runs.resolve(), args.records.resolve(), args.recorded)
     for stream in streams:
         rows, per_task, used = [], [], []
-        for variant in variants(strategies, args.sweep):
+        for variant in variants(strategies, args.sweep, args.set):
             folders = [run_once(stream, variant, seed, place) for seed in seeds]
             folders = [one for one in folders if one]
             if not folders:
@@ -371,9 +383,11 @@ def main(argv: list[str] | None = None) -> None:
             print(stream, rows[-1], flush=True)
         options = ["--streams", stream, "--strategies", args.strategies, "--seeds", args.seeds]
         options += ["--sweep", args.sweep] if args.sweep else []
+        options += [word for item in args.set for word in ("--set", item)]
         command = ".venv/bin/python bench/run_strategies.py " + shlex.join(options)
         if not args.no_write:
             block = stream if args.sweep is None else f"{stream} sweep {args.sweep.split('=')[0]}"
+            block += "".join(f" set {item}" for item in args.set)
             section = (
                 stream_section(stream, rows, per_task, command, place.records, used)
                 if rows

@@ -278,14 +278,26 @@ def table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[st
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def machines(folders: list[Path]) -> str:
+def machines(versions: list[dict]) -> str:
     """The CPUs the table's runs ran on, as their run.json records them."""
-    versions = [json.loads((f / "run.json").read_text())["versions"] for f in folders]
     named = sorted({f"{v['cpu']} ({v['cpu_count']} cores)" for v in versions if "cpu" in v})
     unnamed = sum("cpu" not in v for v in versions)
     if unnamed:
         named.append(f"{unnamed} of {len(versions)} runs recorded before run.json named the CPU")
     return "; ".join(named)
+
+
+def libraries(versions: list[dict]) -> str:
+    """Each library's version in the table's runs; where runs differ, every version with the
+    number of runs that used it."""
+    parts = []
+    for name in ("pecft-cli", "torch", "transformers", "peft"):
+        used = [str(v.get(name)) for v in versions]
+        distinct = sorted(set(used))
+        if len(distinct) > 1:
+            distinct = [f"{one} ({used.count(one)} of {len(used)} runs)" for one in distinct]
+        parts.append(f"{name.removesuffix('-cli')} {' or '.join(distinct)}")
+    return ", ".join(parts)
 
 
 def stream_section(
@@ -298,11 +310,10 @@ def stream_section(
 ) -> str:
     """The generated part of docs/results.md for one stream."""
     tasks = stream_tasks(stream)
-    versions = json.loads((used[0] / "run.json").read_text())["versions"]
+    versions = [json.loads((f / "run.json").read_text())["versions"] for f in used]
     lines = [
-        f"Tasks in order: {', '.join(tasks)}. Machines: {machines(used)}; "
-        f"pecft {versions.get('pecft-cli')}, torch {versions.get('torch')}, transformers "
-        f"{versions.get('transformers')}, peft {versions.get('peft')} (from the runs' run.json).",
+        f"Tasks in order: {', '.join(tasks)}. Machines: {machines(versions)}; "
+        f"{libraries(versions)} (from the runs' run.json).",
         "",
         "```bash",
         command,

@@ -81,7 +81,7 @@ def loop_choices(model: Any, examples: list) -> float:
 
 def loop_generate(model: Any, tokenizer: Any, examples: list, config: Any) -> float:
     """Exact-match accuracy of a per-example greedy `generate` loop."""
-    from pecft_cli.evaluate import cut_at_stop, normalize_answer
+    from pecft_cli.scoring.scorer import cut_at_stop, normalize_answer
 
     correct = 0
     with torch.inference_mode():
@@ -232,7 +232,7 @@ def generation_rows(
     """Every exact-match scorer on the numeric_value task."""
     from test_lm_eval_agreement import harness_model, load_pecft
 
-    from pecft_cli.evaluate import cut_at_stop, normalize_answer, score_task
+    from pecft_cli.scoring.scorer import cut_at_stop, normalize_answer, score_task
 
     config = recipe.evaluation
     model, tokenizer, data = load_pecft(recipe, adapter)
@@ -276,8 +276,8 @@ def generation_rows(
 
 def task_recipe(recipe: Any, task: str, max_new_tokens: int) -> Any:
     """The adapter's recipe with another quickstart task in place of its own."""
-    from pecft_cli.recipe import TaskSection
-    from pecft_cli.recipe_file import load_recipe
+    from pecft_cli.recipe.load import load_recipe
+    from pecft_cli.recipe.schema import TaskSection
 
     quickstart = load_recipe(ROOT / "recipes" / "quickstart.yaml")
     (section,) = [t for t in quickstart.tasks if t.name == task]

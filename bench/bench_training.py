@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 def quickstart_examples(max_length: int):
     """Every quickstart task's training examples, in task order, and the tokenizer."""
-    from pecft_cli.model import load_tokenizer
-    from pecft_cli.preflight import preflight
-    from pecft_cli.recipe_file import load_recipe
+    from pecft_cli.model.load import load_tokenizer
+    from pecft_cli.recipe.load import load_recipe
+    from pecft_cli.training.preflight import preflight
 
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
     tokenizer = load_tokenizer(recipe.model)
@@ -56,7 +56,7 @@ def quickstart_examples(max_length: int):
 def base_model(recipe, name: str, dtype: torch.dtype, device: str):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from pecft_cli.model import load_model
+    from pecft_cli.model.load import load_model
 
     if name == "smollm2":
         return load_model(recipe.model.model_copy(update={"dtype": dtype_name(dtype)}), device)
@@ -80,13 +80,13 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def lora_section():
-    from pecft_cli.recipe import LoraSection
+    from pecft_cli.recipe.schema import LoraSection
 
     return LoraSection(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"])
 
 
 def training_section(args):
-    from pecft_cli.recipe import TrainingSection
+    from pecft_cli.recipe.schema import TrainingSection
 
     return TrainingSection(
         max_steps=args.steps,
@@ -108,7 +108,7 @@ def order(count: int, seed: int) -> list[int]:
 
 def step_features(examples: list, args) -> list[dict[str, list[int]]]:
     """The features of every timed step's batch, in pecft's loader order (epochs repeat it)."""
-    from pecft_cli.data import training_features
+    from pecft_cli.data.batch import training_features
 
     ordered = [training_features(examples[i]) for i in order(len(examples), args.seed)]
     needed = args.steps * args.batch_size
@@ -119,14 +119,15 @@ def time_pecft(model_factory, recipe, tokenizer, examples, args, strategy_name="
     """One pecft stage (StageTrainer) on a fresh LoRA; wall time and tokens."""
     from accelerate import Accelerator
 
-    from pecft_cli import runs
-    from pecft_cli.context import RunContext
     from pecft_cli.events import ignore
-    from pecft_cli.optimize import StagePlan, StageTrainer
-    from pecft_cli.preemption import StopSignals
-    from pecft_cli.recipe import StrategySection
+    from pecft_cli.parallel.preemption import StopSignals
+    from pecft_cli.recipe.schema import StrategySection
+    from pecft_cli.runfolder.layout import RunFolder
+    from pecft_cli.runfolder.state import RunState
     from pecft_cli.strategies import build_strategy
     from pecft_cli.strategies.base import Stage
+    from pecft_cli.training.context import RunContext
+    from pecft_cli.training.stage import StagePlan, StageTrainer
 
     accelerator = Accelerator(cpu=args.device == "cpu")
     replay = {"per_task": 64} if strategy_name == "replay" else {}
@@ -137,9 +138,9 @@ def time_pecft(model_factory, recipe, tokenizer, examples, args, strategy_name="
     torch.manual_seed(0)
     model = strategy.attach(model_factory())
     with tempfile.TemporaryDirectory() as scratch:
-        folder = runs.RunFolder(Path(scratch))
+        folder = RunFolder(Path(scratch))
         (folder.root / "logs").mkdir()
-        state = runs.RunState(name="bench", seed=args.seed, strategy=strategy_name, tasks=names)
+        state = RunState(name="bench", seed=args.seed, strategy=strategy_name, tasks=names)
         ctx = RunContext(
             accelerator=accelerator,
             recipe=recipe,
@@ -258,7 +259,7 @@ def peak_flops(device: str, dtype: torch.dtype) -> float:
 def batch_shape(examples: list, args) -> str:
     """What the timed steps hold: real tokens, the positions a padded batch computes, and the
     positions whose logits the loss needs."""
-    from pecft_cli.data import answer_tokens
+    from pecft_cli.data.batch import answer_tokens
 
     features = step_features(examples, args)
     needed = len(features)

@@ -1,5 +1,5 @@
 """`python -m pecft_cli`: the same command line as `pecft`, for launchers that start modules."""
 
-from pecft_cli.app import main
+from pecft_cli.cli.app import main
 
 main()

@@ -97,7 +97,7 @@ def invoke(*args: object) -> Any:
     """Run the pecft command line in this process, as a shell script would call it."""
     from typer.testing import CliRunner
 
-    from pecft_cli.app import app
+    from pecft_cli.cli.app import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
 
@@ -187,10 +187,10 @@ def rescore_with_stock_peft(run: Path, stage: int) -> list[float]:
     """Score every task with adapters/<stage>-* loaded by plain `PeftModel.from_pretrained`."""
     from peft import PeftModel
 
-    from pecft_cli.evaluate import score_task
-    from pecft_cli.model import load_model, load_tokenizer
-    from pecft_cli.preflight import preflight
-    from pecft_cli.recipe_file import load_recipe
+    from pecft_cli.model.load import load_model, load_tokenizer
+    from pecft_cli.recipe.load import load_recipe
+    from pecft_cli.scoring.scorer import score_task
+    from pecft_cli.training.preflight import preflight
 
     recipe = load_recipe(run / "recipe.yaml")
     tokenizer = load_tokenizer(recipe.model)

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pecft_cli.errors import PecftError
-from pecft_cli.metrics import continual_metrics
-from pecft_cli.recipe_file import load_recipe
+from pecft_cli.recipe.load import load_recipe
+from pecft_cli.scoring.metrics import continual_metrics
 
 scores = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 

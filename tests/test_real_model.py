@@ -11,9 +11,9 @@ import pytest
 import yaml
 from conftest import rescore_with_stock_peft
 
-from pecft_cli.recipe_file import load_recipe
-from pecft_cli.runs import read_matrix
-from pecft_cli.train import run
+from pecft_cli.recipe.load import load_recipe
+from pecft_cli.runfolder.matrix import read_matrix
+from pecft_cli.training.loop import run
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
 

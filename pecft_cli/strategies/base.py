@@ -1,7 +1,7 @@
 """The hooks a continual-learning strategy plugs into the task loop.
 
-The loop in `pecft_cli.train` calls them in this order; the defaults do nothing, so a strategy
-module overrides only what it changes and the loop never branches on a strategy's name:
+The loop in `pecft_cli.training.loop` calls them in this order; the defaults do nothing, so a
+strategy module overrides only what it changes and the loop never branches on a strategy's name:
 
     attach(base)                                   once, before anything trains
     resume(model, finished, state)                 once, only when a stopped run continues
@@ -16,7 +16,7 @@ module overrides only what it changes and the loop never branches on a strategy'
         experts(stage)                             routing only: the task LoRAs Arrow mixes
         state_dict()                               into the checkpoint
 
-Replay is not a strategy hook: any strategy takes a replay buffer (`pecft_cli.replay_buffer`),
+Replay is not a strategy hook: any strategy takes a replay buffer (`pecft_cli.data.replay`),
 which the loop asks for the examples a stage trains on.
 """
 
@@ -30,16 +30,11 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from pecft_cli.adapters import save_adapter
-from pecft_cli.data import Example
-from pecft_cli.loss import AnswerBatch
-from pecft_cli.recipe import LoraSection, Section
-from pecft_cli.replay_buffer import ReplayOptions
-from pecft_cli.runs import RunFolder
-
-
-class NoOptions(Section):
-    """A strategy without options: any key given is unknown."""
+from pecft_cli.data.tasks import Example
+from pecft_cli.model.adapters import save_adapter
+from pecft_cli.model.loss import AnswerBatch
+from pecft_cli.recipe.schema import LoraSection, Section
+from pecft_cli.runfolder.layout import RunFolder
 
 
 @dataclass(frozen=True)
@@ -66,11 +61,7 @@ def lora_config(lora: LoraSection) -> LoraConfig:
 class Strategy:
     """Default hooks: one LoRA, trained on each task in turn, saved as is."""
 
-    Options: ClassVar[type[Section]] = NoOptions
-    takes_replay: ClassVar[bool] = True  # whether `strategy.replay` may add a replay buffer
     batch_loss_name: ClassVar[str | None] = None  # the log key of `batch_loss`, when it has one
-    routes: ClassVar[bool] = False  # whether it keeps a LoRA per task that a router can choose
-    full_precision_only: ClassVar[bool] = False  # whether it refuses a 4-bit or 8-bit base
     shards: ClassVar[bool] = True  # whether it trains with the base model split (FSDP)
 
     def __init__(self, options: Section, lora: LoraSection, tasks: list[str], seed: int) -> None:
@@ -80,12 +71,6 @@ class Strategy:
         self.seed = seed
         self.routed = False  # whether a router will serve earlier stages (set by build_strategy)
         self.sharded = False  # whether the base model is split across processes (set by run)
-
-    @classmethod
-    def replay_options(cls, options: Section) -> ReplayOptions | None:
-        """The replay this strategy asks for through its own options (None: only what
-        `strategy.replay` adds)."""
-        return None
 
     def stages(self) -> list[Stage]:
         """What trains, in order: by default one stage per task, named after it."""

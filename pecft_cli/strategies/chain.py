@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from peft import PeftModel
 
-from pecft_cli.data import Example
+from pecft_cli.data.tasks import Example
 from pecft_cli.strategies import stacked
 from pecft_cli.strategies.base import Stage
 from pecft_cli.strategies.separate import Separate

@@ -13,25 +13,15 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from pydantic import Field
 
-from pecft_cli.data import Example, training_features
-from pecft_cli.loss import answer_loss
-from pecft_cli.recipe import COUNT_LIMIT, Section
+from pecft_cli.data.batch import training_features
+from pecft_cli.data.tasks import Example
+from pecft_cli.model.loss import answer_loss
 from pecft_cli.strategies.base import Stage, Strategy
-
-
-class EwcOptions(Section):
-    """weight scales the penalty; fisher_examples is how many examples estimate the Fisher."""
-
-    weight: float = Field(1000.0, gt=0)
-    fisher_examples: int = Field(64, gt=0, le=COUNT_LIMIT)
 
 
 class Ewc(Strategy):
     """One LoRA, as seq, held near what earlier tasks needed by a Fisher-weighted penalty."""
-
-    Options = EwcOptions
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

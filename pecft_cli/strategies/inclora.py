@@ -14,8 +14,9 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
-from pecft_cli import runs
-from pecft_cli.data import Example
+from pecft_cli.data.tasks import Example
+from pecft_cli.runfolder.atomic import write_folder
+from pecft_cli.runfolder.layout import RunFolder
 from pecft_cli.strategies import stacked
 from pecft_cli.strategies.base import Stage, Strategy
 
@@ -23,7 +24,6 @@ from pecft_cli.strategies.base import Stage, Strategy
 class IncrementalLora(Strategy):
     """Each task trains its own LoRA on top of the frozen stack of the earlier ones."""
 
-    routes = True  # the stack after task j is the model after task j, whatever came later
     alone: ClassVar[bool] = False  # whether a task's LoRA trains and serves without the earlier
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -82,10 +82,10 @@ class IncrementalLora(Strategy):
     def save_adapter(self, model: PeftModel, stage: Stage, folder: Path) -> None:
         stacked.save_stack(model, stage.index, folder, self.folded)
 
-    def save_extras(self, model: PeftModel, stage: Stage, run: runs.RunFolder) -> None:
+    def save_extras(self, model: PeftModel, stage: Stage, run: RunFolder) -> None:
         """Each task's own LoRA too, in task_loras/<NN>-<task>/, for merging."""
         own = run.task_lora(stage.index, stage.name)
-        runs.write_folder(own, partial(stacked.save_own, model, stage.index))
+        write_folder(own, partial(stacked.save_own, model, stage.index))
 
     def state_dict(self) -> dict[str, Any]:
         return {"folded": self.folded}

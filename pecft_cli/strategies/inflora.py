@@ -26,10 +26,8 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from pydantic import Field, model_validator
 
-from pecft_cli.data import Example
-from pecft_cli.recipe import COUNT_LIMIT, Section
+from pecft_cli.data.tasks import Example
 from pecft_cli.strategies.base import Stage
 from pecft_cli.strategies.inclora import IncrementalLora
 from pecft_cli.strategies.stacked import lora_modules, task_adapter
@@ -37,21 +35,6 @@ from pecft_cli.strategies.stacked import lora_modules, task_adapter
 COVARIANCE_BATCH = 16
 A_SCALE = 1 / math.sqrt(3)
 PAD = 0  # any token id: padded positions are masked in attention and never recorded
-
-
-class InfLoraOptions(Section):
-    """The GPM energy threshold at the first task and the value it rises towards over the
-    stream; how many of a stage's training examples measure its inputs."""
-
-    threshold_first: float = Field(0.95, gt=0, le=1)
-    threshold_last: float = Field(1.0, gt=0, le=1)
-    feature_examples: int = Field(256, gt=0, le=COUNT_LIMIT)
-
-    @model_validator(mode="after")
-    def _rising(self) -> InfLoraOptions:
-        if self.threshold_last < self.threshold_first:
-            raise ValueError("threshold_last must be at least threshold_first")
-        return self
 
 
 @contextmanager
@@ -131,8 +114,6 @@ def grow_basis(
 
 class InfLora(IncrementalLora):
     """IncLoRA whose new A is chosen, not trained: orthogonal to earlier tasks' inputs."""
-
-    Options = InfLoraOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

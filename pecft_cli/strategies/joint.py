@@ -12,7 +12,5 @@ STAGE = "joint"
 class Joint(Strategy):
     """One stage that trains on the union of all tasks, shuffled together."""
 
-    takes_replay = False  # nothing comes after its one stage to replay into
-
     def stages(self) -> list[Stage]:
         return [Stage(0, STAGE, tuple(range(len(self.tasks))))]

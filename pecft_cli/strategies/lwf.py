@@ -14,28 +14,18 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from pydantic import Field
 
-from pecft_cli.data import Example
-from pecft_cli.loss import AnswerBatch, answer_logits
-from pecft_cli.recipe import Section
+from pecft_cli.data.tasks import Example
+from pecft_cli.model.loss import AnswerBatch, answer_logits
 from pecft_cli.strategies.base import Stage, Strategy, lora_config
 
 TEACHER = "lwf_teacher"
 STUDENT = "default"
 
 
-class LwfOptions(Section):
-    """weight scales the distillation term; temperature softens both distributions."""
-
-    weight: float = Field(1.0, gt=0)
-    temperature: float = Field(2.0, gt=0)
-
-
 class Lwf(Strategy):
     """One LoRA, as seq, distilled towards its own earlier self on each new task's inputs."""
 
-    Options = LwfOptions
     batch_loss_name = "distill_loss"
 
     def resume(self, model: PeftModel, finished: list[Stage], state: dict[str, Any]) -> None:

@@ -9,22 +9,11 @@ from __future__ import annotations
 
 import torch
 from peft import PeftModel
-from pydantic import Field
 
-from pecft_cli.recipe import Section
+from pecft_cli.recipe.strategies import PerTask
 from pecft_cli.strategies.base import Stage
 from pecft_cli.strategies.inclora import IncrementalLora
 from pecft_cli.strategies.stacked import task_adapter
-
-PerTask = float | dict[str, float]
-
-
-class OLoraOptions(Section):
-    """lambda1 weighs orthogonality, lambda2 the size of the new LoRA; a number, or a mapping of
-    task names to numbers with `default` for the rest."""
-
-    lambda1: PerTask = Field(0.5)
-    lambda2: PerTask = Field(0.0)
 
 
 def per_task(value: PerTask, task: str) -> float:
@@ -71,8 +60,6 @@ def l2_size(model: PeftModel, index: int) -> torch.Tensor:
 
 class OLora(IncrementalLora):
     """IncLoRA whose new LoRA is pushed away from the subspaces of the earlier tasks."""
-
-    Options = OLoraOptions
 
     def extra_loss(self, model: PeftModel, stage: Stage) -> torch.Tensor | None:
         index, task = stage.index, stage.name

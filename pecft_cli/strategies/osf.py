@@ -26,8 +26,8 @@ from peft import LoraConfig, OSFConfig, PeftModel, get_peft_model
 from peft.tuners.osf.layer import OSFLayer
 from transformers import PreTrainedModel
 
-from pecft_cli.adapters import write_lora
-from pecft_cli.data import Example
+from pecft_cli.data.tasks import Example
+from pecft_cli.model.adapters import write_lora
 from pecft_cli.strategies.base import Stage, Strategy
 from pecft_cli.strategies.stacked import task_adapter
 
@@ -40,7 +40,6 @@ def osf_layers(model: torch.nn.Module) -> dict[str, OSFLayer]:
 class Osf(Strategy):
     """One set of weights, each stage trained in the subspace earlier stages left free."""
 
-    full_precision_only = True
     shards = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from peft import PeftModel
 
-from pecft_cli.adapters import save_adapter
+from pecft_cli.model.adapters import save_adapter
 from pecft_cli.strategies import stacked
 from pecft_cli.strategies.base import Stage
 from pecft_cli.strategies.inclora import IncrementalLora

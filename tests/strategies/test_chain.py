@@ -8,9 +8,9 @@ import torch
 from conftest import write_recipe
 from safetensors.torch import load_file
 
-from pecft_cli.recipe_file import load_recipe
-from pecft_cli.runs import read_matrix
-from pecft_cli.train import run
+from pecft_cli.recipe.load import load_recipe
+from pecft_cli.runfolder.matrix import read_matrix
+from pecft_cli.training.loop import run
 
 STEPS = ["training.max_steps=4"]
 

@@ -7,11 +7,11 @@ import torch
 from conftest import distance_from_first_task, write_recipe
 from transformers import AutoModelForCausalLM
 
-from pecft_cli.data import Example
-from pecft_cli.recipe import LoraSection, StrategySection
-from pecft_cli.recipe_file import load_recipe
+from pecft_cli.data.tasks import Example
+from pecft_cli.recipe.load import load_recipe
+from pecft_cli.recipe.schema import LoraSection, StrategySection
 from pecft_cli.strategies import build_strategy
-from pecft_cli.train import run
+from pecft_cli.training.loop import run
 
 
 def test_penalty_is_zero_at_the_anchor_and_grows_away_from_it(tiny_model: Path) -> None:

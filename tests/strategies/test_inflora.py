@@ -11,16 +11,16 @@ from conftest import rescore_with_stock_peft, write_recipe
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from pecft_cli.data import Example, load_task
+from pecft_cli.data.tasks import Example, load_task
 from pecft_cli.errors import PecftError
-from pecft_cli.model import load_tokenizer
-from pecft_cli.recipe import LoraSection, StrategySection
-from pecft_cli.recipe_file import load_recipe
-from pecft_cli.runs import read_matrix
+from pecft_cli.model.load import load_tokenizer
+from pecft_cli.recipe.load import load_recipe
+from pecft_cli.recipe.schema import LoraSection, StrategySection
+from pecft_cli.runfolder.matrix import read_matrix
 from pecft_cli.strategies import build_strategy
 from pecft_cli.strategies.inflora import grow_basis, input_covariance
 from pecft_cli.strategies.stacked import lora_modules, task_adapter
-from pecft_cli.train import run
+from pecft_cli.training.loop import run
 
 LORA = LoraSection(r=4, alpha=8, dropout=0.0)
 

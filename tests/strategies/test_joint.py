@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 from conftest import rescore_with_stock_peft, write_recipe
 
-from pecft_cli.eval_run import evaluate_run
-from pecft_cli.recipe_file import load_recipe
-from pecft_cli.runs import read_matrix
-from pecft_cli.train import run
+from pecft_cli.evaluation.rerun import evaluate_run
+from pecft_cli.recipe.load import load_recipe
+from pecft_cli.runfolder.matrix import read_matrix
+from pecft_cli.training.loop import run
 
 
 def test_joint_trains_once_on_every_task(tmp_path: Path, tiny_model: Path) -> None:

@@ -7,14 +7,15 @@ import torch
 from conftest import distance_from_first_task, rescore_with_stock_peft, write_recipe
 from transformers import AutoModelForCausalLM
 
-from pecft_cli.data import Example, training_features
-from pecft_cli.loss import answer_logits
-from pecft_cli.recipe import LoraSection, StrategySection
-from pecft_cli.recipe_file import load_recipe
-from pecft_cli.runs import read_matrix
+from pecft_cli.data.batch import training_features
+from pecft_cli.data.tasks import Example
+from pecft_cli.model.loss import answer_logits
+from pecft_cli.recipe.load import load_recipe
+from pecft_cli.recipe.schema import LoraSection, StrategySection
+from pecft_cli.runfolder.matrix import read_matrix
 from pecft_cli.strategies import build_strategy
 from pecft_cli.strategies.lwf import TEACHER
-from pecft_cli.train import run
+from pecft_cli.training.loop import run
 
 FEATURES = [
     training_features(
@@ -103,7 +104,7 @@ def test_lwf_keeps_the_model_nearer_the_first_task_and_exports_stock_adapters(
 def test_a_run_stopped_between_stages_resumes_to_the_uninterrupted_result(
     tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pecft_cli.train as train
+    import pecft_cli.training.loop as train
 
     overrides = ["strategy.name=lwf", "training.max_steps=6"]
     reference = run(load_recipe(write_recipe(tmp_path / "ref", tiny_model), overrides))

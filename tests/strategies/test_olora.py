@@ -9,11 +9,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from pecft_cli.recipe import LoraSection, StrategySection
-from pecft_cli.recipe_file import load_recipe
+from pecft_cli.recipe.load import load_recipe
+from pecft_cli.recipe.schema import LoraSection, StrategySection
 from pecft_cli.strategies import build_strategy
 from pecft_cli.strategies.olora import l2_size, orthogonality
-from pecft_cli.train import run
+from pecft_cli.training.loop import run
 
 LORA = LoraSection(r=4, alpha=8, dropout=0.0)
 
@@ -159,7 +159,7 @@ def test_stacked_export_equals_the_sum_of_the_task_loras(olora_run: Path, tiny_m
 def test_every_exported_adapter_reproduces_its_matrix_row(olora_run: Path) -> None:
     from conftest import rescore_with_stock_peft
 
-    from pecft_cli.runs import read_matrix
+    from pecft_cli.runfolder.matrix import read_matrix
 
     tasks, rows = read_matrix(olora_run / "eval/matrix.csv")
     for stage, name in enumerate(tasks, start=1):

@@ -9,11 +9,11 @@ from conftest import rescore_with_stock_peft, write_recipe
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from pecft_cli.recipe import LoraSection, StrategySection
-from pecft_cli.recipe_file import load_recipe
-from pecft_cli.runs import read_matrix
+from pecft_cli.recipe.load import load_recipe
+from pecft_cli.recipe.schema import LoraSection, StrategySection
+from pecft_cli.runfolder.matrix import read_matrix
 from pecft_cli.strategies import build_strategy
-from pecft_cli.train import run
+from pecft_cli.training.loop import run
 
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
 

@@ -6,16 +6,16 @@ from pathlib import Path
 import pytest
 from conftest import rescore_with_stock_peft, write_recipe
 
-from pecft_cli.recipe_file import load_recipe
-from pecft_cli.runs import read_matrix
-from pecft_cli.strategies import STRATEGIES
-from pecft_cli.train import run
+from pecft_cli.recipe.load import load_recipe
+from pecft_cli.recipe.strategies import TRAITS
+from pecft_cli.runfolder.matrix import read_matrix
+from pecft_cli.training.loop import run
 
 OPTIONS = {"replay": ["strategy.options.per_task=2"]}
 
 
 @pytest.mark.parametrize(
-    "strategy", [name for name in sorted(STRATEGIES) if not STRATEGIES[name].full_precision_only]
+    "strategy", [name for name in sorted(TRAITS) if not TRAITS[name].full_precision_only]
 )
 def test_strategy_runs_on_a_4bit_base(strategy: str, tmp_path: Path, tiny_model_64: Path) -> None:
     overrides = [f"strategy.name={strategy}", "model.quantization=4bit", "training.max_steps=2"]
@@ -44,7 +44,7 @@ def test_an_evaluation_leaves_4bit_gradients_intact(tmp_path: Path, tiny_model_6
     import torch
     from peft import get_peft_model
 
-    from pecft_cli.model import load_model
+    from pecft_cli.model.load import load_model
     from pecft_cli.strategies.base import lora_config
 
     recipe = load_recipe(write_recipe(tmp_path, tiny_model_64), ["model.quantization=4bit"])

@@ -8,11 +8,11 @@ from conftest import rescore_with_stock_peft, write_recipe
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from pecft_cli.recipe import LoraSection, StrategySection
-from pecft_cli.recipe_file import load_recipe
-from pecft_cli.runs import read_matrix
+from pecft_cli.recipe.load import load_recipe
+from pecft_cli.recipe.schema import LoraSection, StrategySection
+from pecft_cli.runfolder.matrix import read_matrix
 from pecft_cli.strategies import build_strategy
-from pecft_cli.train import run
+from pecft_cli.training.loop import run
 
 
 def test_each_task_trains_alone_and_the_earlier_answers_stay(tiny_model: Path) -> None:

@@ -1,0 +1,101 @@
+"""`pecft validate`: check a recipe and its data, and show each task's first example."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.text import Text
+
+from pecft_cli.cli.console import out
+from pecft_cli.cli.exits import quiet_libraries
+from pecft_cli.cli.options import JsonOption, RecipeArg, SetOption, TrustOption
+from pecft_cli.errors import short, short_text
+
+
+def validate(
+    recipe: RecipeArg,
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+    trust_remote_code: TrustOption = False,
+) -> None:
+    """Check a recipe and its data and show each task's first example as the model sees it."""
+    quiet_libraries()
+    from pecft_cli.model.load import load_tokenizer
+    from pecft_cli.recipe.load import load_recipe
+    from pecft_cli.recipe.schema import output_dir
+    from pecft_cli.training.preflight import preflight
+
+    parsed = load_recipe(recipe, set_)
+    tokenizer = load_tokenizer(parsed.model, trust_remote_code)
+    checked = preflight(parsed, tokenizer, trust_remote_code=trust_remote_code)
+    tasks, memory = checked.tasks, checked.memory
+    if as_json:
+        document = {
+            "valid": True,
+            "name": parsed.name,
+            "strategy": parsed.strategy.name,
+            "output_dir": str(output_dir(parsed)),
+            "memory": {
+                "lower_bound_bytes": memory.total,
+                "weights_bytes": memory.weights,
+                "lora_bytes": memory.lora,
+                "activation_bytes": memory.activations,
+                "capacity_bytes": memory.capacity,
+            },
+            "tasks": [
+                {
+                    "name": task.name,
+                    "metric": task.metric,
+                    "train_rows": task.train_rows,
+                    "train_too_long": task.too_long,
+                    "eval_rows": task.eval_rows,
+                    "eval_scored": len(task.eval),
+                    "first_prompt": short_text(tokenizer.decode(task.train[0].prompt_ids), 1000),
+                    "first_target": short_text(tokenizer.decode(task.train[0].target_ids), 1000),
+                }
+                for task in tasks
+            ],
+        }
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+        return
+    out.print(
+        f"[bold]{parsed.name}[/]: {len(tasks)} tasks, strategy {parsed.strategy.name}, "
+        f"output {output_dir(parsed)}\nmemory: {memory.describe()}",
+        highlight=False,
+    )
+    for index, task in enumerate(tasks, start=1):
+        skipped = f" ({task.too_long} longer than max_length, skipped)" if task.too_long else ""
+        limited = f" (scoring {len(task.eval)})" if len(task.eval) < task.eval_rows else ""
+        out.print(
+            f"\n[bold]{index}. {task.name}[/]  metric {task.metric}  "
+            f"train {task.train_rows} rows{skipped}  eval {task.eval_rows} rows{limited}"
+        )
+        out.print(
+            f"   train: {task.sources['train']}\n   eval:  {task.sources['eval']}", highlight=False
+        )
+        first = task.train[0]
+        out.print("   first example (the loss covers the target only; tokens marked ⟦ ⟧):")
+        out.print(f"   prompt: {short(tokenizer.decode(first.prompt_ids), 200)}", highlight=False)
+        out.print(f"   target: {short(tokenizer.decode(first.target_ids), 200)}", highlight=False)
+        out.print(example_tokens(tokenizer, first.prompt_ids, first.target_ids))
+        if first.choices:
+            spoken = [tokenizer.decode(ids) for ids in first.choice_ids or []]
+            out.print(f"   choices: {spoken}", highlight=False)
+    out.print("\n[green]valid[/]")
+
+
+SHOWN_TOKENS = 48  # of a long prompt, its end; of a long target, its start
+
+
+def example_tokens(tokenizer: Any, prompt_ids: list[int], target_ids: list[int]) -> Text:
+    """Prompt and target tokens, each token visible, the target bracketed and highlighted."""
+    text = Text("   " + ("… " if len(prompt_ids) > SHOWN_TOKENS else ""))
+    for piece in tokenizer.convert_ids_to_tokens(prompt_ids[-SHOWN_TOKENS:]):
+        text.append(piece, style="dim")
+        text.append("·", style="dim")
+    text.append("⟦", style="bold")
+    for i, piece in enumerate(tokenizer.convert_ids_to_tokens(target_ids[:SHOWN_TOKENS])):
+        text.append(("·" if i else "") + piece, style="bold green")
+    text.append("⟧", style="bold")
+    return text

@@ -1,0 +1,1 @@
+"""Task data: reading sources, rendering rows into examples, and the replay buffer."""

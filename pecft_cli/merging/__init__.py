@@ -1,0 +1,3 @@
+"""`pecft merge-adapters`: per-task LoRAs into one, or an adapter into the base.
+
+Nothing here imports training."""

@@ -1,0 +1,1 @@
+"""Several processes as one: the process group, relaunching, sharding and stop signals."""

@@ -1,0 +1,3 @@
+"""Scoring a model on a task: scorers, decoding, metrics, harness rows, the heatmap.
+
+Nothing here imports training, serving or strategies."""

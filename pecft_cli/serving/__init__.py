@@ -1,0 +1,3 @@
+"""How a stage answers: routers over per-task LoRAs, and generation.
+
+Nothing here imports training."""

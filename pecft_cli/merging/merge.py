@@ -26,12 +26,11 @@ from pecft_cli.model.adapters import save_adapter
 from pecft_cli.model.artifacts import MERGE_FILE, adapter_config, adapter_run, base_of, is_run
 from pecft_cli.model.load import load_model, load_tokenizer
 from pecft_cli.parallel.distributed import device
-from pecft_cli.recipe.load import load_recipe
 from pecft_cli.recipe.schema import ModelSection
 from pecft_cli.runfolder.atomic import write_folder, write_json, write_jsonl
 from pecft_cli.runfolder.layout import FORMAT_VERSION
 from pecft_cli.runfolder.matrix import read_matrix, write_matrix
-from pecft_cli.runfolder.saved import open_run, pick
+from pecft_cli.runfolder.saved import SavedRun, open_run, pick
 from pecft_cli.runfolder.state import library_versions, now
 from pecft_cli.scoring.scorer import score_task
 
@@ -49,7 +48,7 @@ class MergeResult:
 
 def merge_inputs(
     sources: list[Path], tasks: list[str] | None
-) -> tuple[list[MergeInput], Path | None, str]:
+) -> tuple[list[MergeInput], SavedRun | None, str]:
     """The adapters to merge, the run they come from (if one), and what they are.
 
     A run folder gives each task's own LoRA where the strategy trained one per task (inclora,
@@ -67,7 +66,7 @@ def merge_inputs(
         if not found:
             raise PecftError(f"{root}: the run has no saved adapters yet; nothing to merge.")
         chosen = pick(tasks, list(found), "task", root)
-        return [MergeInput(n, found[n], adapter_config(found[n])) for n in chosen], root, kind
+        return [MergeInput(n, found[n], adapter_config(found[n])) for n in chosen], saved, kind
     if tasks:
         raise PecftError(
             "--tasks picks adapters from a run folder; with adapter folders, name only the ones "
@@ -86,7 +85,8 @@ def merge_inputs(
         )
         inputs.append(MergeInput(name, path, adapter_config(path)))
     owners = {adapter_run(i.path) for i in inputs}
-    return inputs, owners.pop() if len(owners) == 1 else None, "adapters"
+    owner = owners.pop() if len(owners) == 1 else None
+    return inputs, open_run(owner) if owner is not None else None, "adapters"
 
 
 def default_weights(kind: str, count: int) -> list[float]:
@@ -110,7 +110,10 @@ def merge_adapters(
     inputs, run, kind = merge_inputs(sources, options.tasks)
     check_request(inputs, run, out, options)
     weights = options.weights or default_weights(kind, len(inputs))
-    trained_on = base_of(inputs[0].path, options.base)
+    if run is not None and not options.base:
+        trained_on = run.recipe.model
+    else:
+        trained_on = base_of(inputs[0].path, options.base)
     section = ModelSection.model_validate(trained_on.model_dump() | {"quantization": "none"})
     on_event("status", {"message": f"loading base model {trained_on.path} (unquantized)"})
     tokenizer = load_tokenizer(section, trust_remote_code)
@@ -152,7 +155,7 @@ def combine(model: PeftModel, count: int, weights: list[float], options: MergeOp
 
 def merge_record(
     inputs: list[MergeInput],
-    run: Path | None,
+    run: SavedRun | None,
     kind: str,
     weights: list[float],
     rank: int,
@@ -167,7 +170,7 @@ def merge_record(
         "created_at": now(),
         "inputs": [{"name": i.name, "path": str(i.path), "rank": i.rank} for i in inputs],
         "input_kind": kind,
-        "run": str(run) if run else None,
+        "run": str(run.folder.root) if run else None,
         "method": options.method if combining else None,
         "weights": weights if combining else None,
         "density": options.density,
@@ -211,13 +214,11 @@ def write_merged(
 
 
 def score_merge(
-    result: MergeResult, run: Path, trust_remote_code: bool, on_event: EventCallback
+    result: MergeResult, saved: SavedRun, trust_remote_code: bool, on_event: EventCallback
 ) -> None:
     """Score the merged result on every task of its run, as a user would load it, and record
     the row in the run's eval/merges.csv next to the matrix."""
-    saved = open_run(run)
-    folder = saved.folder
-    recipe = load_recipe(folder.recipe)
+    folder, recipe = saved.folder, saved.recipe
     tokenizer = load_tokenizer(recipe.model, trust_remote_code)
     on_event("status", {"message": f"scoring {result.out.name} on the run's tasks"})
     if result.record["into_base"]:

@@ -13,6 +13,7 @@ from peft import PeftConfig
 from pecft_cli.errors import PecftError, did_you_mean, short
 from pecft_cli.model.artifacts import MERGE_FILE
 from pecft_cli.recipe.schema import MAX_SEED
+from pecft_cli.runfolder.saved import SavedRun
 
 
 @dataclass
@@ -160,7 +161,7 @@ def check_out(out: Path, force: bool) -> None:
 
 
 def check_request(
-    inputs: list[MergeInput], run: Path | None, out: Path, options: MergeOptions
+    inputs: list[MergeInput], run: SavedRun | None, out: Path, options: MergeOptions
 ) -> None:
     """Everything about the request that can be refused before a model is loaded."""
     combining = len(inputs) > 1

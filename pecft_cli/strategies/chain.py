@@ -11,18 +11,6 @@ overwrites is lost; what routing keeps is the chain's diagonal, each task at its
 
 from __future__ import annotations
 
-from peft import PeftModel
+from pecft_cli.strategies.task_loras import Layout, composed
 
-from pecft_cli.data.tasks import Example
-from pecft_cli.strategies import stacked
-from pecft_cli.strategies.base import Stage
-from pecft_cli.strategies.separate import Separate
-
-
-class Chain(Separate):
-    """`separate` whose new LoRA starts from the previous task's instead of from zero."""
-
-    def before_stage(self, model: PeftModel, stage: Stage, examples: list[Example]) -> None:
-        super().before_stage(model, stage, examples)
-        if stage.index > 0:
-            stacked.copy_task(model, stage.index - 1, stage.index)
+build = composed(Layout(alone=True, from_previous=True))

@@ -29,8 +29,9 @@ from peft import PeftModel
 
 from pecft_cli.data.tasks import Example
 from pecft_cli.strategies.base import Stage
-from pecft_cli.strategies.inclora import IncrementalLora
+from pecft_cli.strategies.inclora import STACKED
 from pecft_cli.strategies.stacked import lora_modules, task_adapter
+from pecft_cli.strategies.task_loras import Part, TaskLoras, composed
 
 COVARIANCE_BATCH = 16
 A_SCALE = 1 / math.sqrt(3)
@@ -112,19 +113,20 @@ def grow_basis(
     return torch.cat([basis, u[:, :added]], dim=1)
 
 
-class InfLora(IncrementalLora):
-    """IncLoRA whose new A is chosen, not trained: orthogonal to earlier tasks' inputs."""
+class InputSubspace(Part):
+    """InfLoRA's part: each new A set outside the earlier tasks' input subspace, only B
+    trained; the subspace grows after every stage."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self) -> None:
         self.bases: dict[str, torch.Tensor] = {}
         self.measured: list[Example] = []  # the stage's own examples that measure its inputs
 
-    def before_stage(self, model: PeftModel, stage: Stage, examples: list[Example]) -> None:
-        """Add the stage's LoRA with A set orthogonal to the earlier tasks' inputs, B to train."""
-        super().before_stage(model, stage, examples)
-        count = min(self.options.feature_examples, len(examples))
-        self.measured = random.Random(self.seed + stage.index).sample(examples, count)
+    def before_stage(
+        self, loras: TaskLoras, model: PeftModel, stage: Stage, examples: list[Example]
+    ) -> None:
+        """Set the stage's new A orthogonal to the earlier tasks' inputs, and freeze it."""
+        count = min(loras.options.feature_examples, len(examples))
+        self.measured = random.Random(loras.seed + stage.index).sample(examples, count)
         name = task_adapter(stage.index)
         layers = lora_modules(model, name)
         covariance = input_covariance(model, layers, self.measured)
@@ -135,21 +137,25 @@ class InfLora(IncrementalLora):
                 weight.copy_(u[:, : weight.shape[0]].T.to(weight) * A_SCALE)
                 weight.requires_grad = False
 
-    def after_stage(self, model: PeftModel, stage: Stage, examples: list[Example]) -> None:
+    def after_stage(
+        self, loras: TaskLoras, model: PeftModel, stage: Stage, examples: list[Example]
+    ) -> None:
         """Grow every layer's basis by the directions the stage's inputs take, as trained."""
         name = task_adapter(stage.index)
         layers = lora_modules(model, name)
         covariance = input_covariance(model, layers, self.measured)
-        first, last = self.options.threshold_first, self.options.threshold_last
-        threshold = first + (last - first) * stage.index / len(self.tasks)
+        first, last = loras.options.threshold_first, loras.options.threshold_last
+        threshold = first + (last - first) * stage.index / len(loras.tasks)
         for key, module in layers.items():
             rank = module.lora_A[name].weight.shape[0]
             room = covariance[key].shape[0] - rank
             self.bases[key] = grow_basis(self.bases.get(key), covariance[key], threshold, room)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "bases": self.bases}
+        return {"bases": self.bases}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
         self.bases = dict(state.get("bases", {}))
+
+
+build = composed(STACKED, InputSubspace)

@@ -12,8 +12,9 @@ from peft import PeftModel
 
 from pecft_cli.recipe.strategies import PerTask
 from pecft_cli.strategies.base import Stage
-from pecft_cli.strategies.inclora import IncrementalLora
+from pecft_cli.strategies.inclora import STACKED
 from pecft_cli.strategies.stacked import task_adapter
+from pecft_cli.strategies.task_loras import Part, TaskLoras, composed
 
 
 def per_task(value: PerTask, task: str) -> float:
@@ -58,17 +59,20 @@ def l2_size(model: PeftModel, index: int) -> torch.Tensor:
     return total
 
 
-class OLora(IncrementalLora):
-    """IncLoRA whose new LoRA is pushed away from the subspaces of the earlier tasks."""
+class Orthogonality(Part):
+    """O-LoRA's loss on the new LoRA: lambda1 * orth + lambda2 * l2, per task."""
 
-    def extra_loss(self, model: PeftModel, stage: Stage) -> torch.Tensor | None:
+    def extra_loss(self, loras: TaskLoras, model: PeftModel, stage: Stage) -> torch.Tensor | None:
         index, task = stage.index, stage.name
-        lambda1 = per_task(self.options.lambda1, task)
-        lambda2 = per_task(self.options.lambda2, task)
+        lambda1 = per_task(loras.options.lambda1, task)
+        lambda2 = per_task(loras.options.lambda2, task)
         loss = None
         if lambda1 and index > 0:
-            loss = lambda1 * orthogonality(model, index, self.folded_a)
+            loss = lambda1 * orthogonality(model, index, loras.folded_a)
         if lambda2:
             size = lambda2 * l2_size(model, index)
             loss = size if loss is None else loss + size
         return loss
+
+
+build = composed(STACKED, Orthogonality)

@@ -11,27 +11,6 @@ same LoRAs, where routers that mix task LoRAs find them for every strategy).
 
 from __future__ import annotations
 
-from pathlib import Path
+from pecft_cli.strategies.task_loras import Layout, composed
 
-from peft import PeftModel
-
-from pecft_cli.model.adapters import save_adapter
-from pecft_cli.strategies import stacked
-from pecft_cli.strategies.base import Stage
-from pecft_cli.strategies.inclora import IncrementalLora
-
-
-class Separate(IncrementalLora):
-    """IncLoRA without the stack: each task's own LoRA, trained and served alone."""
-
-    alone = True
-
-    def serve(self, model: PeftModel, stage: Stage | None) -> None:
-        """Task `stage`'s LoRA alone; None restores the latest stage's setup."""
-        if stage is None:
-            super().serve(model, None)
-        else:
-            model.base_model.set_adapter(stacked.task_adapter(stage.index))
-
-    def save_adapter(self, model: PeftModel, stage: Stage, folder: Path) -> None:
-        save_adapter(model, folder, stacked.task_adapter(stage.index))
+build = composed(Layout(alone=True))

@@ -50,7 +50,8 @@ def test_new_a_is_orthogonal_to_the_basis_and_only_b_trains(tiny_model: Path) ->
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_B.task02" in n for n in trainable)
     for key, module in lora_modules(model, task_adapter(1)).items():
-        basis = strategy.bases[key]
+        (subspace,) = strategy.parts  # InfLoRA's one part: the input subspace
+        basis = subspace.bases[key]
         assert 0 < basis.shape[1] <= basis.shape[0] - LORA.r
         torch.testing.assert_close(basis.T @ basis, torch.eye(basis.shape[1]), atol=1e-5, rtol=0)
         new_a = module.lora_A[task_adapter(1)].weight

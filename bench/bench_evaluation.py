@@ -100,43 +100,7 @@ def loop_generate(model: Any, tokenizer: Any, examples: list, config: Any) -> fl
     return correct / len(examples)
 
 
-def harness_generate_task(task: Any, config: Any, folder: Path, name: str) -> Path:
-    """The recipe's generation task as a harness generate_until task over the same eval file."""
-    from test_lm_eval_agreement import jinja, write_harness_yaml
-
-    return write_harness_yaml(
-        folder,
-        name,
-        task,
-        output_type="generate_until",
-        doc_to_text=jinja(task.prompt),
-        generation_kwargs={
-            "until": config.stop,
-            "max_gen_toks": config.max_new_tokens,
-            "do_sample": False,
-        },
-        metric_list=[{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-    )
-
-
-def harness_requests(task_folder: Path, name: str) -> list:
-    from lm_eval.tasks import get_task_dict
-    from test_lm_eval_agreement import harness_manager
-
-    task = get_task_dict([name], harness_manager(task_folder))[name]
-    task.build_all_requests()
-    return task.instances
-
-
 Row = tuple[str, float, float]  # scorer, seconds, accuracy
-# O-LoRA's prompt layout (recipes/benchmarks/): task, data set, instruction and options ahead
-# of the input, the same for every example of a task.
-INSTRUCTIONS = {
-    "unicode_category": "Task:TC\nDataset:unicode\nWhat is the Unicode category of the following "
-    "character? Choose one from the option.\nOption: letter, mark, number, punctuation, symbol \n",
-    "numeric_value": "Task:QA\nDataset:unicode\nWhat is the numeric value of the following "
-    "character? Answer with the number alone.\n",
-}
 
 
 def floor_seconds(model: Any, prompts: list[list[int]], generated: int, peak: float) -> float:
@@ -154,11 +118,6 @@ def floor_seconds(model: Any, prompts: list[list[int]], generated: int, peak: fl
     return flops / peak
 
 
-def instructed(task: Any) -> None:
-    """The task's prompt behind its O-LoRA-style instruction."""
-    task.prompt = INSTRUCTIONS[task.name] + task.prompt
-
-
 def unfolded(config: Any) -> Any:
     return config.model_copy(update={"fold_adapters": False})
 
@@ -172,7 +131,9 @@ def choice_rows(
         HARNESS_TASK,
         harness_manager,
         harness_model,
+        harness_requests,
         harness_samples,
+        instructed,
         load_pecft,
         multi_token_choices,
         pecft_predictions,
@@ -230,14 +191,20 @@ def generation_rows(
     recipe: Any, adapter: Path, folder: Path, repeats: int, peak: float
 ) -> tuple[list[Row], float]:
     """Every exact-match scorer on the numeric_value task."""
-    from test_lm_eval_agreement import harness_model, load_pecft
+    from test_lm_eval_agreement import (
+        harness_model,
+        harness_requests,
+        load_pecft,
+        write_harness_generate_task,
+    )
 
     from pecft_cli.scoring.scorer import cut_at_stop, normalize_answer, score_task
 
     config = recipe.evaluation
     model, tokenizer, data = load_pecft(recipe, adapter)
     name = "pecft_numeric_value"
-    task_folder = harness_generate_task(recipe.tasks[0], config, folder / "generate", name)
+    # The prompt without its trailing space, the context pecft generates after (see there).
+    task_folder = write_harness_generate_task(recipe.tasks[0], config, folder / "generate", name)
     lm = harness_model(recipe, adapter, config.batch_size)
     requests = harness_requests(task_folder, name)
     answers = lm.generate_until(requests, disable_tqdm=True)
@@ -274,24 +241,6 @@ def generation_rows(
     ], floor
 
 
-def task_recipe(recipe: Any, task: str, max_new_tokens: int) -> Any:
-    """The adapter's recipe with another quickstart task in place of its own."""
-    from pecft_cli.recipe.load import load_recipe
-    from pecft_cli.recipe.schema import TaskSection
-
-    quickstart = load_recipe(ROOT / "recipes" / "quickstart.yaml")
-    (section,) = [t for t in quickstart.tasks if t.name == task]
-    section = TaskSection.model_validate(
-        section.model_dump()
-        | {
-            "train": str(ROOT / "recipes" / section.train),
-            "eval": str(ROOT / "recipes" / section.eval),
-        }
-    )
-    evaluation = recipe.evaluation.model_copy(update={"max_new_tokens": max_new_tokens})
-    return recipe.model_copy(update={"tasks": [section], "evaluation": evaluation})
-
-
 def print_table(title: str, examples: int, rows: list[Row], floor: float) -> None:
     print(f"\n{title}: {examples} examples")
     for name, seconds, accuracy in rows:
@@ -326,7 +275,7 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     from bench_training import peak_flops
-    from test_lm_eval_agreement import train_adapter
+    from test_lm_eval_agreement import instructed, quickstart_task, train_adapter
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -344,7 +293,7 @@ def main() -> None:
             rows, floor = choice_rows(variant, recipe, adapter, folder, args.repeats, peak)
             print_table(f"choice, unicode_category, 5 {variant}", 60, rows, floor)
         for variant in ("plain", "instruction") if "exact_match" in metrics else ():
-            generation = task_recipe(recipe, "numeric_value", 6)
+            generation = quickstart_task(recipe, "numeric_value", 6)
             if variant == "instruction":
                 instructed(generation.tasks[0])
             rows, floor = generation_rows(generation, adapter, folder, args.repeats, peak)

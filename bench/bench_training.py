@@ -5,7 +5,10 @@ Both train the same LoRA (r=8, alpha 16, q_proj and v_proj, no dropout) on the s
 same batches of the quickstart tasks (all four, whose lengths vary) in the same order, with the
 same batch size, max length, AdamW settings, linear schedule and step count, one after the other
 in this process. Tokens are the non-padding tokens of those batches, identical for both; the
-mean training loss of each is printed beside its speed, to show the two did the same work.
+mean training loss of each over all its steps (pecft's from its logs/train.jsonl, Trainer's
+`training_loss`) is printed beside its speed, to show the two did the same work, and the
+benchmark exits non-zero when they differ by more than --loss-tolerance (relative; 1% in
+float32, 5% in bfloat16 by default).
 
     .venv/bin/python bench/bench_training.py --steps 40 --repeats 2
     .venv/bin/python bench/bench_training.py --strategies seq,olora,replay,ewc   # overhead
@@ -27,6 +30,7 @@ On a GPU (`--device cuda` is the default when one is present):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -176,9 +180,26 @@ def time_pecft(model_factory, recipe, tokenizer, examples, args, strategy_name="
         started = time.perf_counter()
         summary = StageTrainer(ctx, plan).train()
         seconds = time.perf_counter() - started
+        loss = mean_logged_loss(folder.train_log, "bench", args.steps)
     model.unload()  # the base model again, for the next measurement
-    loss = summary["first_loss"]  # log_every = steps: the mean over every step
     return {"seconds": seconds, "tokens": summary["tokens"], "steps": args.steps, "loss": loss}
+
+
+def mean_logged_loss(train_log: Path, task: str, steps: int) -> float:
+    """The stage's mean loss over all its steps, from logs/train.jsonl: each line holds the
+    mean over the steps since the line before (step 1 is a line of its own), so each is
+    weighted by the steps it covers. Trainer's `training_loss` is the same mean, which the
+    summary's first_loss (step 1 alone) and last_loss (the last window) are not."""
+    total = covered = 0
+    for line in train_log.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        if entry["task"] != task:
+            continue
+        total += entry["loss"] * (entry["step"] - covered)
+        covered = entry["step"]
+    if covered != steps:
+        sys.exit(f"FAIL: {train_log} logs {covered} of the {steps} steps of stage '{task}'")
+    return total / covered
 
 
 def time_trainer(model_factory, tokenizer, examples, args) -> dict:
@@ -305,11 +326,20 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--strategies", default=None, help="time these strategies against seq")
+    parser.add_argument(
+        "--loss-tolerance",
+        type=float,
+        default=None,
+        help="largest relative gap between the two mean losses (default 1%% in float32, "
+        "5%% in bfloat16); beyond it the benchmark fails",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    if args.loss_tolerance is None:
+        args.loss_tolerance = 0.01 if args.dtype == "float32" else 0.05
     dtype = getattr(torch, args.dtype)
     recipe, tokenizer, _, examples = quickstart_examples(args.max_length)
     cached = base_model(recipe, args.model, dtype, args.device)
@@ -347,6 +377,26 @@ def main() -> None:
     theirs = report("Trainer + PEFT", trainer, flops_per_token, peak)
     ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
     print(f"ratio (pecft tokens/s / Trainer tokens/s): {ratio:.2f}")
+    check_same_work(pecft[0]["loss"], trainer[0]["loss"], args.loss_tolerance)
+
+
+def check_same_work(ours: float, theirs: float, tolerance: float) -> None:
+    """Exit non-zero unless both loops' mean losses agree within `tolerance` (relative to
+    Trainer's): otherwise they did not train on the same batches the same way, and the
+    speeds above compare different work."""
+    gap = abs(ours - theirs) / abs(theirs)
+    verdict = "agree" if gap <= tolerance else "DISAGREE"
+    print(
+        f"mean loss: pecft {ours:.4f}, Trainer {theirs:.4f}, relative gap {gap:.2%} "
+        f"(tolerance {tolerance:.2%}): {verdict}",
+        flush=True,
+    )
+    if gap > tolerance:
+        sys.exit(
+            f"FAIL: pecft's mean training loss {ours:.4f} differs from Trainer's {theirs:.4f} "
+            f"by {gap:.2%}, beyond the {tolerance:.2%} tolerance: the two loops did not do the "
+            "same work, so their timings are not comparable."
+        )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""pecft's choice metric against lm-evaluation-harness on the same model, adapter and data.
+"""pecft's choice and generation metrics against lm-evaluation-harness on the same model,
+adapter and data.
 
-pecft ranks choices with its own code, not the harness's, yet promises the harness's `acc` and
-`acc_norm`. Only running the harness itself on a trained adapter shows that the two pick the
-same answer for every example.
+pecft ranks choices and decodes answers with its own code, not the harness's, yet promises the
+harness's `acc` and `acc_norm` and the answers its `generate_until` writes. Only running the
+harness itself on a trained adapter shows that the two pick (or write) the same answer for
+every example.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pecft_cli.data.tasks import TaskData
 from pecft_cli.model.load import load_model, load_tokenizer, model_location
 from pecft_cli.recipe.load import load_recipe
 from pecft_cli.recipe.schema import EvaluationSection, Recipe, TaskSection
-from pecft_cli.scoring.scorer import score_task
+from pecft_cli.scoring.scorer import cut_at_stop, score_task
 from pecft_cli.training.loop import run
 from pecft_cli.training.preflight import preflight
 
@@ -31,6 +33,14 @@ TASK = "unicode_category"
 HARNESS_TASK = f"pecft_{TASK}"
 LOGPROB_TOLERANCE = 1e-3  # pecft rounds to 4 decimals; float32 batches differ in the 5th
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# O-LoRA's prompt layout (recipes/benchmarks/): task, data set, instruction and options ahead
+# of the input, the same for every example of a task.
+INSTRUCTIONS = {
+    "unicode_category": "Task:TC\nDataset:unicode\nWhat is the Unicode category of the following "
+    "character? Choose one from the option.\nOption: letter, mark, number, punctuation, symbol \n",
+    "numeric_value": "Task:QA\nDataset:unicode\nWhat is the numeric value of the following "
+    "character? Answer with the number alone.\n",
+}
 
 
 def train_adapter(folder: Path, max_steps: int = 24) -> tuple[Recipe, Path]:
@@ -116,6 +126,56 @@ def write_harness_yaml(folder: Path, name: str, task: TaskSection, **spec: Any) 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     return folder
+
+
+def write_harness_generate_task(
+    task: TaskSection, config: EvaluationSection, folder: Path, name: str
+) -> Path:
+    """The recipe's generation task as a harness `generate_until` task `name` over the same
+    eval file: greedy, the recipe's stop strings and max_new_tokens.
+
+    pecft generates after the prompt with its trailing whitespace moved onto the answer
+    (`data.split_space`), the context it trains the answer after; `generate_until` continues
+    its context as written. So the prompt goes to the harness stripped, as `write_harness_task`
+    strips it: kept, "value: " would end in a lone space token ("Ġ" for SmolLM2) that the
+    model is then spared writing, and the two would score different prompts.
+    """
+    return write_harness_yaml(
+        folder,
+        name,
+        task,
+        output_type="generate_until",
+        doc_to_text=jinja(task.prompt.rstrip()),
+        generation_kwargs={
+            "until": config.stop,
+            "max_gen_toks": config.max_new_tokens,
+            "do_sample": False,
+        },
+        metric_list=[{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+    )
+
+
+def harness_requests(task_folder: Path, name: str) -> list[Any]:
+    """The harness's requests (instances) for task `name`, in eval-file order."""
+    from lm_eval.tasks import get_task_dict
+
+    task = get_task_dict([name], harness_manager(task_folder))[name]
+    task.build_all_requests()
+    return task.instances
+
+
+def instructed(task: TaskSection) -> None:
+    """The task's prompt behind its O-LoRA-style instruction."""
+    task.prompt = INSTRUCTIONS[task.name] + task.prompt
+
+
+def quickstart_task(recipe: Recipe, name: str, max_new_tokens: int) -> Recipe:
+    """The adapter's recipe with another quickstart task in place of its own."""
+    (section,) = [task for task in load_recipe(QUICKSTART).tasks if task.name == name]
+    files = {split: str(QUICKSTART.parent / getattr(section, split)) for split in ("train", "eval")}
+    section = TaskSection.model_validate(section.model_dump() | files)
+    evaluation = recipe.evaluation.model_copy(update={"max_new_tokens": max_new_tokens})
+    return recipe.model_copy(update={"tasks": [section], "evaluation": evaluation})
 
 
 def harness_model(recipe: Recipe, adapter: Path, batch_size: int) -> Any:
@@ -222,3 +282,45 @@ def test_pecft_choice_scores_match_lm_eval(
     )
     gaps = logprob_gaps(ours, theirs)
     assert not gaps, f"{len(gaps)} examples' log-probabilities differ:\n" + "\n".join(gaps)
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("task", ["numeric_value", "unicode_category"])
+def test_pecft_generation_matches_lm_eval_on_an_instructed_prompt(
+    trained: tuple[Recipe, Path], task: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Greedy exact_match answers behind an O-LoRA instruction, pecft's `score_task` against
+    the harness's `generate_until`. numeric_value is the evaluation benchmark's case (most
+    answers end at once, at end-of-sequence); unicode_category, the adapter's own task, scored
+    by generation, gives answers of every kind."""
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    recipe, adapter = trained
+    recipe = quickstart_task(recipe, task, max_new_tokens=6)
+    recipe.tasks[0].metric = "exact_match"
+    instructed(recipe.tasks[0])
+    config = recipe.evaluation
+    model, tokenizer, data = load_pecft(recipe, adapter)
+    ours = score_task(model, tokenizer, data, config).predictions
+    name = f"pecft_{task}"
+    requests = harness_requests(
+        write_harness_generate_task(recipe.tasks[0], config, tmp_path / "harness", name), name
+    )
+    lm = harness_model(recipe, adapter, config.batch_size)
+
+    assert [r.doc_id for r in requests] == list(range(len(ours))) == list(range(len(data.eval)))
+    # The same context, character for character: a trailing space left on one side's prompt
+    # ends it in a token the other side has to generate.
+    assert [r.args[0] for r in requests] == [p["input"] for p in ours]
+    theirs = [
+        cut_at_stop(answer, config.stop)
+        for answer in lm.generate_until(requests, disable_tqdm=True)
+    ]
+    differing = [
+        f"row {p['row']} ({p['input'][-30:]!r}): pecft {p['prediction']!r}, lm-eval {answer!r}"
+        for p, answer in zip(ours, theirs, strict=True)
+        if p["prediction"] != answer
+    ]
+    assert not differing, f"{len(differing)} of {len(ours)} answers differ:\n" + "\n".join(
+        differing
+    )

@@ -17,8 +17,8 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from pecft_cli.recipe.json_schema import recipe_json_schema
-from pecft_cli.recipe.schema import ROUTING, Recipe, TrainingOverride
-from pecft_cli.recipe.strategies import TRAITS, Traits
+from pecft_cli.recipe.schema import ROUTING, Recipe, StrategySection, TrainingOverride
+from pecft_cli.recipe.strategies import TRAITS, Traits, strategy_options
 
 COMMAND = "python -m pecft_cli.recipe.reference > docs/recipe.md"
 NOT_EXPANDED = {TrainingOverride}  # the training section's keys again, each optional
@@ -164,6 +164,53 @@ def combines(kind: Traits) -> str:
         f"Replay buffer (`strategy.replay`): {'yes' if kind.takes_replay else 'no'}. "
         f"Routing (`strategy.routing`): {'yes' if kind.routes else 'no'}. "
         f"4-bit or 8-bit base: {'no' if kind.full_precision_only else 'yes'}."
+    )
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A key and the value a recipe gives it."""
+
+    key: Key
+    value: str
+
+
+@dataclass(frozen=True)
+class StrategyHelp:
+    """A recipe's strategy explained: what it does, its options as set, and its routing mode."""
+
+    name: str
+    summary: str
+    combines: str
+    options: list[Setting]
+    replay: list[Setting] | None
+    routing: str
+    routing_help: str | None
+    arrow: list[Setting] | None
+
+
+def settings(values: BaseModel, prefix: str = "") -> list[Setting]:
+    """Every key of a section with the value it holds."""
+    return [
+        Setting(key, value_text(to_jsonable_python(getattr(values, name))))
+        for key, name in zip(keys(type(values), prefix), type(values).model_fields, strict=True)
+    ]
+
+
+def strategy_help(section: StrategySection) -> StrategyHelp:
+    """The strategy of a recipe with its options as validated (defaults filled in), its replay
+    buffer's, and the routing mode's help when a router serves the inputs."""
+    kind = TRAITS[section.name]
+    options, replay = strategy_options(section)
+    return StrategyHelp(
+        name=section.name,
+        summary=kind.summary,
+        combines=combines(kind).replace("`", ""),
+        options=settings(options),
+        replay=None if replay is None else settings(replay),
+        routing=section.routing,
+        routing_help=ROUTING[section.routing] if section.routed else None,
+        arrow=settings(section.arrow, "strategy.arrow.") if section.routing == "arrow" else None,
     )
 
 

@@ -8,6 +8,7 @@ same rows for the recipe it checks.
 
 from __future__ import annotations
 
+import functools
 import json
 import typing
 from dataclasses import dataclass
@@ -22,7 +23,12 @@ from pecft_cli.recipe.strategies import TRAITS, Traits, strategy_options
 
 COMMAND = "python -m pecft_cli.recipe.reference > docs/recipe.md"
 NOT_EXPANDED = {TrainingOverride}  # the training section's keys again, each optional
-SCHEMA = recipe_json_schema()
+
+
+@functools.cache
+def definitions() -> dict[str, Any]:
+    """The sections' JSON Schemas, built once and only when asked for (not at every start)."""
+    return recipe_json_schema()["$defs"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class Key:
 def keys(model: type[BaseModel], prefix: str = "") -> list[Key]:
     """The keys of one section, each with its type, default, allowed values and help, read from
     the JSON Schema `pecft schema` prints (which knows the strategy names)."""
-    schema = SCHEMA["$defs"].get(model.__name__) or model.model_json_schema()
+    schema = definitions().get(model.__name__) or model.model_json_schema()
     rows = []
     for name, info in model.model_fields.items():
         node = schema["properties"][name]

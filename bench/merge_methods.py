@@ -18,7 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PECFT = Path(sys.executable).parent / "pecft"
 DENSITY = "0.5"
-NOTES = "## Reading the numbers"  # written by hand; kept when the tables are rewritten
+# The generated part of the page lies between these; the hand-written text around them is kept.
+BEGIN = "<!-- merges: written by bench/merge_methods.py -->"
+END = "<!-- /merges -->"
 
 # Each merge as merge-adapters options; the pruning methods keep half of the weights.
 MERGES: dict[str, list[str]] = {
@@ -94,8 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     names = args.merges.split(",")
     lines = [
-        "# Merge methods",
-        "",
+        BEGIN,
         "Every PEFT combination method applied to a run's adapters by `pecft merge-adapters`, each",
         "result scored on the run's tasks (`--eval`) and set under the run's last matrix row.",
         f"Pruning methods keep a fraction {DENSITY} of each adapter's weights (`--density`);",
@@ -113,11 +114,22 @@ def main(argv: list[str] | None = None) -> None:
         run = run.resolve()
         results = {name: merge(run, name, args.out / run.name) for name in names}
         lines += table(run, results)
-    if args.results.is_file() and NOTES in args.results.read_text(encoding="utf-8"):
-        lines += [NOTES + args.results.read_text(encoding="utf-8").split(NOTES, 1)[1]]
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text("\n".join(lines), encoding="utf-8")
+    lines.append(END)
+    write_page(args.results, lines)
     print("\n".join(lines))
+
+
+def write_page(path: Path, block: list[str]) -> None:
+    """Replace the generated block of the page, keeping the hand-written text around it; a page
+    without one gets a title and the block."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        page = head + "\n".join(block) + rest.split(END, 1)[1]
+    else:
+        page = "\n".join(["# Merging adapters", "", *block, ""])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import typer
 
 from pecft_cli import __version__
 from pecft_cli.cli import eval as eval_command
-from pecft_cli.cli import generate, merge, report, train, validate
+from pecft_cli.cli import generate, merge, report, schema, train, validate
 from pecft_cli.cli.console import out
 from pecft_cli.cli.exits import reports_errors
 
@@ -29,6 +29,7 @@ app.command("eval")(reports_errors(eval_command.eval_))
 app.command("report")(reports_errors(report.report))
 app.command("merge-adapters")(reports_errors(merge.merge_adapters))
 app.command("generate")(reports_errors(generate.generate))
+app.command("schema")(reports_errors(schema.schema))
 
 
 @app.callback(invoke_without_command=True)

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import asdict
+from typing import Annotated, Any
 
+import typer
 from rich.text import Text
 
 from pecft_cli.cli.console import out
 from pecft_cli.cli.exits import quiet_libraries
 from pecft_cli.cli.options import JsonOption, RecipeArg, SetOption, TrustOption
 from pecft_cli.errors import short, short_text
+from pecft_cli.recipe.reference import Setting, StrategyHelp, strategy_help
+
+ExplainOption = Annotated[
+    bool,
+    typer.Option(
+        "--explain",
+        help="Also print the strategy's summary and each option's type, default, value and help, "
+        "and the routing mode's help.",
+    ),
+]
 
 
 def validate(
@@ -18,6 +30,7 @@ def validate(
     set_: SetOption = None,
     as_json: JsonOption = False,
     trust_remote_code: TrustOption = False,
+    explain: ExplainOption = False,
 ) -> None:
     """Check a recipe and its data and show each task's first example as the model sees it."""
     quiet_libraries()
@@ -30,6 +43,7 @@ def validate(
     tokenizer = load_tokenizer(parsed.model, trust_remote_code)
     checked = preflight(parsed, tokenizer, trust_remote_code=trust_remote_code)
     tasks, memory = checked.tasks, checked.memory
+    strategy = strategy_help(parsed.strategy) if explain else None
     if as_json:
         document = {
             "valid": True,
@@ -57,6 +71,8 @@ def validate(
                 for task in tasks
             ],
         }
+        if strategy is not None:
+            document["explain"] = asdict(strategy)
         print(json.dumps(document, indent=2, ensure_ascii=False))
         return
     out.print(
@@ -82,7 +98,34 @@ def validate(
         if first.choices:
             spoken = [tokenizer.decode(ids) for ids in first.choice_ids or []]
             out.print(f"   choices: {spoken}", highlight=False)
+    if strategy is not None:
+        print_strategy(strategy)
     out.print("\n[green]valid[/]")
+
+
+def print_strategy(strategy: StrategyHelp) -> None:
+    """The strategy, its options as set with their help, and the routing mode (--explain)."""
+    out.print(f"\n[bold]strategy {strategy.name}[/]: {strategy.summary}", highlight=False)
+    out.print(f"   {strategy.combines}", markup=False, highlight=False)
+    groups = [("strategy.options", strategy.options), ("strategy.replay", strategy.replay)]
+    for where, group in groups:
+        if group is None:
+            continue
+        out.print(f"   {where}:" if group else f"   {where}: none (this strategy takes none)")
+        for setting in group:
+            print_setting(setting)
+    if strategy.routing_help:
+        out.print(f"   routing {strategy.routing}: {strategy.routing_help}", highlight=False)
+    for setting in strategy.arrow or []:
+        print_setting(setting)
+
+
+def print_setting(setting: Setting) -> None:
+    """`key = value  (default d; type, values)` and the key's help beneath."""
+    key = setting.key
+    facts = "; ".join(part for part in (f"default {key.default}", key.type, key.values) if part)
+    out.print(f"     {key.path} = {setting.value}  ({facts})", markup=False, highlight=False)
+    out.print(f"       {key.help}", markup=False, highlight=False)
 
 
 SHOWN_TOKENS = 48  # of a long prompt, its end; of a long target, its start

@@ -1,204 +1,60 @@
 """The recipe: one YAML file that says what to train, on what, in which order.
 
-Typed pydantic sections that reject unknown keys, so a typo fails before any work starts instead
-of being silently ignored. `pecft_cli.recipe.load` reads a YAML file (with `--set` overrides)
-into these sections and turns their errors into one clear paragraph.
+The task section and the recipe that holds every section (the others are in `sections`, and
+importable from here). `pecft_cli.recipe.load` reads a YAML file (with `--set` overrides) into
+these sections and turns their errors into one clear paragraph.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
-from pydantic.fields import FieldInfo
+from pydantic import Field, field_validator, model_validator
 
 from pecft_cli.errors import did_you_mean
+from pecft_cli.recipe.sections import (
+    COUNT_LIMIT,
+    MAX_SEED,
+    ROUTING,
+    ArrowSection,
+    EvaluationSection,
+    LoggingSection,
+    LoraSection,
+    Metric,
+    ModelSection,
+    Quantization,
+    Section,
+    StrategySection,
+    Tracker,
+    TrainingOverride,
+    TrainingSection,
+    folder_name,
+    shorthand,
+)
 from pecft_cli.recipe.template import template_fields
 
-COUNT_LIMIT = 2**31 - 1  # sizes and counts torch and the samplers take
-MAX_SEED = 2**32 - 1  # numpy's generator takes no larger seed
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
-def folder_name(value: str) -> str:
-    """Recipe and task names become folder names: one short path component, no surprises."""
-    if not NAME.match(value):
-        raise ValueError(
-            "use up to 100 letters, digits, '_', '.' or '-', starting with a letter or digit"
-        )
-    return value
-
-
-class Section(BaseModel):
-    """Base for every recipe section: unknown keys are errors, values are checked on assignment,
-    and no number is infinite or NaN."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-class Quantization(Section):
-    """bitsandbytes quantization of the frozen base model (QLoRA when 4bit)."""
-
-    mode: Literal["none", "4bit", "8bit"] = "none"
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-
-
-class ModelSection(Section):
-    """Where the base model comes from and how it is loaded."""
-
-    path: str = Field(
-        description="local model folder, a .gguf file, a hub id, or package://<package>/<file>"
-    )
-    gguf_file: str | None = Field(None, description="GGUF file name inside `path`, if any")
-    revision: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 on a GPU that has it, float32 otherwise"
-    )
-    quantization: Quantization = Quantization()
-    trust_remote_code: bool = Field(
-        False, description="run the model's own code; needs --trust-remote-code as well"
-    )
-
-    @field_validator("quantization", mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        """Accept `quantization: 4bit` as well as the full mapping."""
-        return {"mode": value} if isinstance(value, str) else value
-
-
-class LoraSection(Section):
-    """The LoRA adapter that PEFT attaches to the base model."""
-
-    r: int = Field(8, gt=0, le=COUNT_LIMIT)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: Union[list[str], Literal["all-linear"]] = ["q_proj", "v_proj"]  # noqa: UP007
-
-    @field_validator("target_modules")
-    @classmethod
-    def _not_empty(cls, value: list[str] | str) -> list[str] | str:
-        if isinstance(value, list) and not value:
-            raise ValueError("name at least one module, or use 'all-linear'")
-        return value
-
-
-class ArrowSection(Section):
-    """PEFT's Arrow router (strategy.routing: arrow): how many task LoRAs each token mixes,
-    and the temperature of the softmax over their similarities."""
-
-    top_k: int = Field(3, gt=0, le=COUNT_LIMIT)
-    temperature: float = Field(1.0, gt=0)
-
-
-class StrategySection(Section):
-    """The continual-learning strategy and its own options (checked by the strategy itself)."""
-
-    name: str = "seq"
-    options: dict[str, Any] = {}
-    replay: dict[str, Any] | None = Field(
-        None, description="replay options, to add a replay buffer to any strategy that takes one"
-    )
-    routing: Literal["none", "prototype", "arrow"] = Field(
-        "none",
-        description="prototype: serve each input with the LoRA of the task its prompt is nearest "
-        "to; arrow: PEFT's Arrow mixes the task LoRAs token by token (strategies with a LoRA per "
-        "task)",
-    )
-    arrow: ArrowSection = ArrowSection()
-
-    @property
-    def routed(self) -> bool:
-        """Whether a router serves each input (the only test of the routing mode's name)."""
-        return self.routing != "none"
-
-
-class TrainingSection(Section):
-    """Optimisation settings; every task may override any of them."""
-
-    epochs: int = Field(1, gt=0, le=COUNT_LIMIT)
-    max_steps: int | None = Field(
-        None, gt=0, le=COUNT_LIMIT, description="optimizer steps; overrides epochs"
-    )
-    batch_size: int = Field(8, gt=0, le=COUNT_LIMIT)
-    grad_accum: int = Field(1, gt=0, le=COUNT_LIMIT)
-    lr: float = Field(2e-4, gt=0)
-    scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_steps: int = Field(0, ge=0, le=COUNT_LIMIT)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    max_length: int = Field(512, gt=1, le=COUNT_LIMIT)
-    log_every: int = Field(5, gt=0, le=COUNT_LIMIT)
-    checkpoint_every: int = Field(
-        50,
-        ge=0,
-        le=COUNT_LIMIT,
-        description="save resumable state every N optimizer steps (0: at task ends)",
-    )
-    gradient_checkpointing: bool = Field(
-        False, description="recompute activations in the backward pass: less memory, more time"
-    )
-
-
-def partial_override(section: type[Section], name: str) -> type[Section]:
-    """A schema with every key of `section`, each optional and checked as there: what a task
-    may override. Built from the section, so the two never drift apart."""
-    keys: dict[str, Any] = {
-        key: (info.annotation | None, FieldInfo.merge_field_infos(info, default=None))
-        for key, info in section.model_fields.items()
-    }
-    doc = f"A task's partial override of the {section.__name__}."
-    return create_model(name, __base__=Section, __doc__=doc, **keys)
-
-
-TrainingOverride = partial_override(TrainingSection, "TrainingOverride")
-
-
-Metric = Literal["exact_match", "choice", "rouge_l"]
-
-
-class EvaluationSection(Section):
-    """How every task is scored after every stage."""
-
-    metric: Literal["auto", "exact_match", "choice", "rouge_l"] = Field(
-        "auto", description="auto: choice for tasks with choices, exact_match otherwise"
-    )
-    batch_size: int = Field(32, gt=0, le=COUNT_LIMIT)
-    limit: int | None = Field(
-        None, gt=0, le=COUNT_LIMIT, description="score at most this many eval examples"
-    )
-    max_new_tokens: int = Field(16, gt=0, le=COUNT_LIMIT)
-    stop: list[str] = Field(["\n"], description="generation ends at the first of these strings")
-    cells: Literal["all", "sparse"] = Field(
-        "all",
-        description="sparse: after each stage score only its own tasks and the next stage's, "
-        "and every task after the last stage (and every `full_every`-th)",
-    )
-    harness: list[str] = Field(
-        default_factory=list,
-        description="lm-evaluation-harness tasks scored at every stage: names or task YAML files",
-    )
-    harness_limit: int | None = Field(
-        None, gt=0, le=COUNT_LIMIT, description="score at most this many documents per harness task"
-    )
-    full_every: int = Field(
-        0, ge=0, le=COUNT_LIMIT, description="with cells: sparse, every k-th stage's whole row"
-    )
-    fold_adapters: bool = Field(
-        True,
-        description="score with float LoRA layers folded into a copy of their weights: faster, "
-        "and costs the adapted weights' memory once more while scoring",
-    )
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, value: list[str]) -> list[str]:
-        if any(not text for text in value):
-            raise ValueError("a stop string cannot be empty")
-        return value
+__all__ = [
+    "COUNT_LIMIT",
+    "MAX_SEED",
+    "ROUTING",
+    "ArrowSection",
+    "EvaluationSection",
+    "LoggingSection",
+    "LoraSection",
+    "Metric",
+    "ModelSection",
+    "PerClass",
+    "Quantization",
+    "Recipe",
+    "Section",
+    "StrategySection",
+    "TaskSection",
+    "Tracker",
+    "TrainingOverride",
+    "TrainingSection",
+    "output_dir",
+]
 
 
 class PerClass(Section):
@@ -206,15 +62,19 @@ class PerClass(Section):
     `eval` from the eval split (None: all of them), classes being the values of the field the
     target names."""
 
-    train: int | None = Field(None, gt=0, le=COUNT_LIMIT)
-    eval: int | None = Field(None, gt=0, le=COUNT_LIMIT)
-    seed: int = Field(0, ge=0, lt=2**32)
+    train: int | None = Field(
+        None, gt=0, le=COUNT_LIMIT, description="rows of each class from the train split"
+    )
+    eval: int | None = Field(
+        None, gt=0, le=COUNT_LIMIT, description="rows of each class from the eval split"
+    )
+    seed: int = Field(0, ge=0, lt=2**32, description="fixes which rows are drawn")
 
 
 class TaskSection(Section):
     """One task of the stream: its data, how a row becomes a prompt and a target."""
 
-    name: str
+    name: str = Field(description="the task's name: a column of the matrix and a folder name")
     source: str | None = Field(
         None,
         description="hub dataset id, save_to_disk folder or data file; train/eval are then splits",
@@ -229,16 +89,22 @@ class TaskSection(Section):
     choices: Union[list[str], str, None] = Field(  # noqa: UP007
         None, description="answer options, or the name of a field holding each row's options"
     )
-    metric: Metric | None = None
+    metric: Metric | None = Field(
+        None, description="how this task is scored; null: evaluation.metric decides"
+    )
     per_class: PerClass | None = Field(
-        None, description="rows per class to sample from each split; a number for both"
+        None,
+        description="rows per class to sample from each split; a number for both",
+        json_schema_extra=shorthand({"type": "integer", "exclusiveMinimum": 0}),
     )
     labels: dict[str, str] | None = Field(
         None,
         description="the answer for each class: a value of the target's field (a ClassLabel's "
         "name) -> the words the target says instead",
     )
-    training: TrainingOverride = TrainingOverride()
+    training: TrainingOverride = Field(
+        TrainingOverride(), description="any key of the training section, for this task only"
+    )
 
     @field_validator("per_class", mode="before")
     @classmethod
@@ -284,35 +150,31 @@ class TaskSection(Section):
         return self.target if "{" in self.target else "{" + self.target + "}"
 
 
-Tracker = Literal[
-    "tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab"
-]
-
-
-class LoggingSection(Section):
-    """Where a run's curves go besides logs/train.jsonl: Accelerate's experiment trackers."""
-
-    report_to: list[Tracker] = Field(
-        default_factory=list, description="trackers that log the steps, rows and metrics"
-    )
-
-
 class Recipe(Section):
     """A whole continual fine-tuning run."""
 
-    name: str
+    name: str = Field(
+        description="the run's name: a folder name; output_dir defaults to runs/<name>"
+    )
     pecft_version: str | None = Field(
         None, description="the pecft that wrote this recipe (a run folder's recipe.yaml has it)"
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="fixes every random generator of the run")
     output_dir: str | None = Field(None, description="run folder; default runs/<name>")
-    model: ModelSection
-    lora: LoraSection = LoraSection()
-    strategy: StrategySection = StrategySection()
-    training: TrainingSection = TrainingSection()
-    evaluation: EvaluationSection = EvaluationSection()
-    logging: LoggingSection = LoggingSection()
-    tasks: Annotated[list[TaskSection], Field(min_length=1)]
+    model: ModelSection = Field(description="the base model")
+    lora: LoraSection = Field(LoraSection(), description="the LoRA adapter")
+    strategy: StrategySection = Field(StrategySection(), description="the continual strategy")
+    training: TrainingSection = Field(
+        TrainingSection(), description="optimisation, for every task unless it overrides a key"
+    )
+    evaluation: EvaluationSection = Field(
+        EvaluationSection(), description="how every task is scored after every stage"
+    )
+    logging: LoggingSection = Field(LoggingSection(), description="experiment trackers")
+    tasks: Annotated[
+        list[TaskSection],
+        Field(min_length=1, description="the stream, in this order unless `order` names another"),
+    ]
     orders: dict[str, list[str]] = Field(
         default_factory=dict, description="named task orders, each every task name once"
     )

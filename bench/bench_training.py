@@ -84,13 +84,13 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def lora_section():
-    from pecft_cli.recipe.schema import LoraSection
+    from pecft_cli.recipe.sections import LoraSection
 
     return LoraSection(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"])
 
 
 def training_section(args):
-    from pecft_cli.recipe.schema import TrainingSection
+    from pecft_cli.recipe.sections import TrainingSection
 
     return TrainingSection(
         max_steps=args.steps,
@@ -125,7 +125,7 @@ def time_pecft(model_factory, recipe, tokenizer, examples, args, strategy_name="
 
     from pecft_cli.events import ignore
     from pecft_cli.parallel.preemption import StopSignals
-    from pecft_cli.recipe.schema import StrategySection
+    from pecft_cli.recipe.sections import StrategySection
     from pecft_cli.runfolder.layout import RunFolder
     from pecft_cli.runfolder.state import RunState
     from pecft_cli.strategies import build_strategy

@@ -9,7 +9,8 @@ from transformers import PreTrainedTokenizerBase
 
 from pecft_cli.data.read import read_rows
 from pecft_cli.errors import PecftError, did_you_mean, listing, short
-from pecft_cli.recipe.schema import Metric, Recipe, TaskSection
+from pecft_cli.recipe.schema import Recipe, TaskSection
+from pecft_cli.recipe.sections import Metric
 from pecft_cli.recipe.template import fill, template_fields
 
 

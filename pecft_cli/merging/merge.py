@@ -26,7 +26,7 @@ from pecft_cli.model.adapters import save_adapter
 from pecft_cli.model.artifacts import MERGE_FILE, adapter_config, adapter_run, base_of, is_run
 from pecft_cli.model.load import load_model, load_tokenizer
 from pecft_cli.parallel.distributed import device
-from pecft_cli.recipe.schema import ModelSection
+from pecft_cli.recipe.sections import ModelSection
 from pecft_cli.runfolder.atomic import write_folder, write_json, write_jsonl
 from pecft_cli.runfolder.layout import FORMAT_VERSION
 from pecft_cli.runfolder.matrix import read_matrix, write_matrix

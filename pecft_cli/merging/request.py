@@ -12,7 +12,7 @@ from peft import PeftConfig
 
 from pecft_cli.errors import PecftError, did_you_mean, short
 from pecft_cli.model.artifacts import MERGE_FILE
-from pecft_cli.recipe.schema import MAX_SEED
+from pecft_cli.recipe.sections import MAX_SEED
 from pecft_cli.runfolder.saved import SavedRun
 
 

@@ -17,7 +17,8 @@ from safetensors import safe_open
 
 from pecft_cli.errors import PecftError
 from pecft_cli.recipe.load import load_recipe
-from pecft_cli.recipe.schema import ModelSection, Recipe
+from pecft_cli.recipe.schema import Recipe
+from pecft_cli.recipe.sections import ModelSection
 from pecft_cli.runfolder.atomic import read_json_file
 from pecft_cli.runfolder.layout import BASE, RunFolder
 from pecft_cli.runfolder.saved import SavedRun, open_run, pick

@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from pecft_cli.errors import PecftError, did_you_mean, first_line, short_text
-from pecft_cli.recipe.schema import LoraSection, ModelSection
+from pecft_cli.recipe.sections import LoraSection, ModelSection
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

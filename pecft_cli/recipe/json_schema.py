@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pecft_cli.recipe.schema import Recipe, Section, StrategySection
+from pecft_cli.recipe.schema import Recipe
+from pecft_cli.recipe.sections import Section, StrategySection
 from pecft_cli.recipe.strategies import TRAITS, ReplayOptions, Traits
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"

@@ -18,7 +18,8 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from pecft_cli.recipe.json_schema import recipe_json_schema
-from pecft_cli.recipe.schema import ROUTING, Recipe, StrategySection, TrainingOverride
+from pecft_cli.recipe.schema import Recipe
+from pecft_cli.recipe.sections import ROUTING, StrategySection, TrainingOverride
 from pecft_cli.recipe.strategies import TRAITS, Traits, strategy_options
 
 COMMAND = "python -m pecft_cli.recipe.reference > docs/recipe.md"

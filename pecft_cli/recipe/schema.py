@@ -1,8 +1,8 @@
 """The recipe: one YAML file that says what to train, on what, in which order.
 
-The task section and the recipe that holds every section (the others are in `sections`, and
-importable from here). `pecft_cli.recipe.load` reads a YAML file (with `--set` overrides) into
-these sections and turns their errors into one clear paragraph.
+The task section and the recipe that holds every section (the others are in `sections`).
+`pecft_cli.recipe.load` reads a YAML file (with `--set` overrides) into these sections and turns
+their errors into one clear paragraph.
 """
 
 from __future__ import annotations
@@ -16,45 +16,19 @@ from pecft_cli.errors import did_you_mean
 from pecft_cli.recipe.sections import (
     COUNT_LIMIT,
     MAX_SEED,
-    ROUTING,
-    ArrowSection,
     EvaluationSection,
     LoggingSection,
     LoraSection,
     Metric,
     ModelSection,
-    Quantization,
     Section,
     StrategySection,
-    Tracker,
     TrainingOverride,
     TrainingSection,
     folder_name,
     shorthand,
 )
 from pecft_cli.recipe.template import template_fields
-
-__all__ = [
-    "COUNT_LIMIT",
-    "MAX_SEED",
-    "ROUTING",
-    "ArrowSection",
-    "EvaluationSection",
-    "LoggingSection",
-    "LoraSection",
-    "Metric",
-    "ModelSection",
-    "PerClass",
-    "Quantization",
-    "Recipe",
-    "Section",
-    "StrategySection",
-    "TaskSection",
-    "Tracker",
-    "TrainingOverride",
-    "TrainingSection",
-    "output_dir",
-]
 
 
 class PerClass(Section):

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from pecft_cli.errors import PecftError, did_you_mean, short
-from pecft_cli.recipe.schema import COUNT_LIMIT, Section, StrategySection
+from pecft_cli.recipe.sections import COUNT_LIMIT, Section, StrategySection
 
 PerTask = float | dict[str, float]
 

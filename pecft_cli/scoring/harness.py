@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from pecft_cli.errors import PecftError, did_you_mean
-from pecft_cli.recipe.schema import EvaluationSection
+from pecft_cli.recipe.sections import EvaluationSection
 
 INSTALL = "pip install 'pecft-cli[harness]'"
 

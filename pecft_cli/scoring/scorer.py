@@ -31,7 +31,7 @@ from transformers import (
 from pecft_cli.data.tasks import Example, TaskData
 from pecft_cli.parallel.distributed import gather
 from pecft_cli.parallel.sharding import is_sharded, no_grad
-from pecft_cli.recipe.schema import EvaluationSection
+from pecft_cli.recipe.sections import EvaluationSection
 from pecft_cli.scoring.decoding import CACHE, greedy_decode, prefill
 from pecft_cli.scoring.folding import folded
 

@@ -30,7 +30,8 @@ from pecft_cli.model.load import (
     model_location,
 )
 from pecft_cli.parallel.distributed import device
-from pecft_cli.recipe.schema import ModelSection, Recipe, TaskSection
+from pecft_cli.recipe.schema import Recipe, TaskSection
+from pecft_cli.recipe.sections import ModelSection
 from pecft_cli.recipe.template import template_fields
 from pecft_cli.runfolder.layout import BASE
 from pecft_cli.scoring.scorer import greedy_answers

@@ -19,7 +19,7 @@ import torch
 from peft import ArrowConfig, LoraConfig, PeftModel
 
 from pecft_cli.data.tasks import TaskData
-from pecft_cli.recipe.schema import ArrowSection, StrategySection
+from pecft_cli.recipe.sections import ArrowSection, StrategySection
 from pecft_cli.runfolder.saved import SavedRun
 from pecft_cli.scoring.scorer import TaskScore, combine
 from pecft_cli.serving.experts import Experts, stage_adapters, stage_alone, task_loras

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pecft_cli.data.replay import ReplayBuffer
-from pecft_cli.recipe.schema import LoraSection, Section, StrategySection
+from pecft_cli.recipe.sections import LoraSection, Section, StrategySection
 from pecft_cli.recipe.strategies import strategy_options
 from pecft_cli.strategies import chain, inclora, inflora, olora, separate
 from pecft_cli.strategies.base import Strategy

@@ -33,7 +33,7 @@ from transformers import PreTrainedModel
 from pecft_cli.data.tasks import Example
 from pecft_cli.model.adapters import save_adapter
 from pecft_cli.model.loss import AnswerBatch
-from pecft_cli.recipe.schema import LoraSection, Section
+from pecft_cli.recipe.sections import LoraSection, Section
 from pecft_cli.runfolder.layout import RunFolder
 
 

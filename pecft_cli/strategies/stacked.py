@@ -25,7 +25,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from pecft_cli.model.adapters import save_adapter, write_lora
-from pecft_cli.recipe.schema import LoraSection
+from pecft_cli.recipe.sections import LoraSection
 from pecft_cli.strategies.base import lora_config
 
 # A task's LoRA as plain CPU tensors, by module name: {"A": r x in, "B": out x r, "scale": s}.

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 
 from pecft_cli.data.tasks import Example
 from pecft_cli.model.adapters import save_adapter
-from pecft_cli.recipe.schema import LoraSection, Section
+from pecft_cli.recipe.sections import LoraSection, Section
 from pecft_cli.runfolder.atomic import write_folder
 from pecft_cli.runfolder.layout import RunFolder
 from pecft_cli.strategies import stacked

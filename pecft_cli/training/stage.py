@@ -23,7 +23,7 @@ from pecft_cli.data.tasks import Example
 from pecft_cli.errors import Diverged, PecftError, Preempted
 from pecft_cli.model.loss import answer_logits, cross_entropy, packs_sequences
 from pecft_cli.parallel.distributed import reduce_sum, sum_gradients
-from pecft_cli.recipe.schema import TrainingSection
+from pecft_cli.recipe.sections import TrainingSection
 from pecft_cli.runfolder.atomic import append_jsonl
 from pecft_cli.runfolder.state import peak_memory_mb
 from pecft_cli.strategies.base import Stage

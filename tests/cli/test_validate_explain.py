@@ -5,7 +5,7 @@ from pathlib import Path
 
 from conftest import invoke
 
-from pecft_cli.recipe.schema import ROUTING
+from pecft_cli.recipe.sections import ROUTING
 from pecft_cli.recipe.strategies import TRAITS, OLoraOptions
 
 OLORA = ["--set", "strategy.name=olora", "--set", "strategy.options.lambda1=0.2"]

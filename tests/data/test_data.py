@@ -18,7 +18,7 @@ ROWS = [{"q": "Is ice cold?", "a": "yes"}, {"q": "Is fire cold?", "a": "no"}]
 @pytest.fixture
 def tokenizer(tiny_model: Path):
     from pecft_cli.model.load import load_tokenizer
-    from pecft_cli.recipe.schema import ModelSection
+    from pecft_cli.recipe.sections import ModelSection
 
     return load_tokenizer(ModelSection(path=str(tiny_model)))
 

@@ -8,7 +8,7 @@ import pytest
 from pecft_cli.data.replay import ReplayBuffer
 from pecft_cli.data.tasks import Example
 from pecft_cli.errors import PecftError
-from pecft_cli.recipe.schema import LoraSection, StrategySection
+from pecft_cli.recipe.sections import LoraSection, StrategySection
 from pecft_cli.recipe.strategies import check_strategy
 from pecft_cli.strategies import build_strategy
 

@@ -7,7 +7,8 @@ from pydantic import BaseModel
 
 from pecft_cli.recipe import schema, sections, strategies
 from pecft_cli.recipe.reference import COMMAND, markdown
-from pecft_cli.recipe.schema import ROUTING, Recipe, StrategySection
+from pecft_cli.recipe.schema import Recipe
+from pecft_cli.recipe.sections import ROUTING, StrategySection
 from pecft_cli.recipe.strategies import TRAITS
 
 ROOT = Path(__file__).resolve().parents[2]

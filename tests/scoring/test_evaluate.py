@@ -7,7 +7,7 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from pecft_cli.data.tasks import Example
-from pecft_cli.recipe.schema import EvaluationSection
+from pecft_cli.recipe.sections import EvaluationSection
 from pecft_cli.scoring.scorer import (
     StopAtText,
     choice_logprobs,

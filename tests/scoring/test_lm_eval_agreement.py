@@ -21,7 +21,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from pecft_cli.data.tasks import TaskData
 from pecft_cli.model.load import load_model, load_tokenizer, model_location
 from pecft_cli.recipe.load import load_recipe
-from pecft_cli.recipe.schema import EvaluationSection, Recipe, TaskSection
+from pecft_cli.recipe.schema import Recipe, TaskSection
+from pecft_cli.recipe.sections import EvaluationSection
 from pecft_cli.scoring.scorer import cut_at_stop, score_task
 from pecft_cli.training.loop import run
 from pecft_cli.training.preflight import preflight

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from pecft_cli.errors import PecftError
 from pecft_cli.recipe.load import load_recipe
-from pecft_cli.recipe.schema import LoraSection
+from pecft_cli.recipe.sections import LoraSection
 from pecft_cli.runfolder.matrix import read_matrix
 from pecft_cli.serving.router import Router, embed
 from pecft_cli.strategies.base import lora_config

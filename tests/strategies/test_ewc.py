@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from pecft_cli.data.tasks import Example
 from pecft_cli.recipe.load import load_recipe
-from pecft_cli.recipe.schema import LoraSection, StrategySection
+from pecft_cli.recipe.sections import LoraSection, StrategySection
 from pecft_cli.strategies import build_strategy
 from pecft_cli.training.loop import run
 

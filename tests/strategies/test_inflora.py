@@ -15,7 +15,7 @@ from pecft_cli.data.tasks import Example, load_task
 from pecft_cli.errors import PecftError
 from pecft_cli.model.load import load_tokenizer
 from pecft_cli.recipe.load import load_recipe
-from pecft_cli.recipe.schema import LoraSection, StrategySection
+from pecft_cli.recipe.sections import LoraSection, StrategySection
 from pecft_cli.runfolder.matrix import read_matrix
 from pecft_cli.strategies import build_strategy
 from pecft_cli.strategies.inflora import grow_basis, input_covariance

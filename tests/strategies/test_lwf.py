@@ -11,7 +11,7 @@ from pecft_cli.data.batch import training_features
 from pecft_cli.data.tasks import Example
 from pecft_cli.model.loss import answer_logits
 from pecft_cli.recipe.load import load_recipe
-from pecft_cli.recipe.schema import LoraSection, StrategySection
+from pecft_cli.recipe.sections import LoraSection, StrategySection
 from pecft_cli.runfolder.matrix import read_matrix
 from pecft_cli.strategies import build_strategy
 from pecft_cli.strategies.lwf import TEACHER

@@ -10,7 +10,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from pecft_cli.recipe.load import load_recipe
-from pecft_cli.recipe.schema import LoraSection, StrategySection
+from pecft_cli.recipe.sections import LoraSection, StrategySection
 from pecft_cli.runfolder.matrix import read_matrix
 from pecft_cli.strategies import build_strategy
 from pecft_cli.training.loop import run

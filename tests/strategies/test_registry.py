@@ -5,7 +5,7 @@ import inspect
 import pytest
 
 from pecft_cli import strategies
-from pecft_cli.recipe.schema import LoraSection, StrategySection
+from pecft_cli.recipe.sections import LoraSection, StrategySection
 from pecft_cli.recipe.strategies import TRAITS, strategy_options
 from pecft_cli.strategies import STRATEGIES, build_strategy
 from pecft_cli.strategies.base import Strategy

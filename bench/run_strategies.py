@@ -34,7 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "bench" / "recipes"
 PECFT = Path(sys.executable).parent / "pecft"
-STREAMS = ("quickstart", "atlas")
+STREAMS = ("quickstart", "atlas", "blind")
 CEILING = "ceiling"
 RECORDED = ("run.json", "recipe.yaml", "eval/matrix.csv", "eval/metrics.json")
 
@@ -57,6 +57,12 @@ STRATEGIES: dict[str, list[str]] = {
         "strategy.name=chain",
         "strategy.replay.per_task=30",
         "strategy.routing=prototype",
+    ],
+    "separate+gaussian": ["strategy.name=separate", "strategy.routing=gaussian"],
+    "chain+replay+gaussian": [
+        "strategy.name=chain",
+        "strategy.replay.per_task=30",
+        "strategy.routing=gaussian",
     ],
     "osf": ["strategy.name=osf", "training.lr=1e-4"],
     "joint": ["strategy.name=joint"],

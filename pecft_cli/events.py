@@ -1,6 +1,7 @@
 """Progress reports: the library never prints; it calls `on_event(kind, fields)` instead.
 
-Kinds: `status` (message), `task_start` (index, total, task, steps, examples), `step` (task,
+Kinds: `status` (message), `warning` (message: something the user should act on),
+`task_start` (index, total, task, steps, examples), `step` (task,
 task_index, step, steps, loss, lr, tokens_per_s), `task_end` (task, index, seconds, first_loss,
 last_loss, ...), `eval` (stage, task, metric, score, seconds). The command line renders them;
 a library caller passes its own callback or none.

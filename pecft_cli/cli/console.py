@@ -15,7 +15,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pecft_cli.cli.tables import matrix_table, metrics_table
+from pecft_cli.cli.tables import confusion_table, matrix_table, metrics_table, routing_table
+from pecft_cli.runfolder.state import RunState
 
 # Off a terminal (logs, pipes) rich would wrap at 80 columns and cut task names short.
 LOG_WIDTH = 160
@@ -60,6 +61,8 @@ class TrainProgress:
     def __call__(self, kind: str, fields: dict[str, Any]) -> None:
         if kind == "status":
             self.line(fields["message"])
+        elif kind == "warning":
+            self.line(f"warning: {fields['message']}")
         elif kind == "task_start":
             self.task_started = time.perf_counter()
             label = f"task {fields['index'] + 1}/{fields['total']} {fields['task']}"
@@ -113,3 +116,14 @@ def show_results(
     out.print(matrix_table(tasks, matrix))
     if metrics is not None:
         out.print(metrics_table(metrics))
+
+
+def show_routing(state: RunState) -> None:
+    """A routed run's routing accuracy per stage and where each task's inputs went at the
+    last stage scored; nothing for a run without a router."""
+    if not (state.routing_accuracy or state.routing_estimate):
+        return
+    out.print(routing_table(state.routing_accuracy, state.routing_estimate))
+    if state.routing_confusion:
+        last = list(state.routing_confusion)[-1]
+        out.print(confusion_table(last, state.routing_confusion[last]))

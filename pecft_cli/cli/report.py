@@ -10,14 +10,13 @@ from typing import Annotated
 
 import typer
 
-from pecft_cli.cli.console import out, print_json, show_results
+from pecft_cli.cli.console import out, print_json, show_results, show_routing
 from pecft_cli.cli.exits import quiet_libraries
 from pecft_cli.cli.options import JsonOption
 from pecft_cli.cli.tables import (
     comparison_table,
     matrix_table,
     merges_table,
-    routing_table,
 )
 from pecft_cli.errors import PecftError
 
@@ -48,8 +47,7 @@ def report(
         show_results(one.tasks, one.matrix, one.metrics)
         if one.harness:
             out.print(matrix_table(*one.harness, title="General ability (lm-eval-harness, %)"))
-        if one.run.state.routing_accuracy:
-            out.print(routing_table(one.run.state.routing_accuracy))
+        show_routing(one.run.state)
         if one.merges:
             out.print(merges_table(one.tasks, one.last_stage(), one.merges))
         return

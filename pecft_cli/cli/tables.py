@@ -99,10 +99,31 @@ def comparison_table(summaries: list[dict[str, Any]]) -> Table:
     return table
 
 
-def routing_table(accuracy: dict[str, float]) -> Table:
-    """How often the router sent a trained task's input to that task's LoRA, per stage."""
+def routing_table(accuracy: dict[str, float], estimate: dict[str, float]) -> Table:
+    """How often the router sent a trained task's input to that task's LoRA, per stage, and
+    its own estimate from held-out training prompts."""
     table = Table(title="Routing accuracy (%)", caption="inputs of the tasks trained so far")
-    for stage in accuracy:
+    table.add_column("")
+    stages = list(dict.fromkeys([*accuracy, *estimate]))
+    for stage in stages:
         table.add_column(stage, justify="right")
-    table.add_row(*(percent(value) for value in accuracy.values()))
+    table.add_row("eval inputs", *(percent(accuracy.get(stage)) for stage in stages))
+    if estimate:
+        table.add_row("held-out estimate", *(percent(estimate.get(stage)) for stage in stages))
+    return table
+
+
+def confusion_table(stage: str, confusion: dict[str, dict[str, int]]) -> Table:
+    """Where each task's eval inputs went after `stage`: a row per true task, a column per
+    routed-to task, counts; the diagonal is what was routed right."""
+    targets = list(dict.fromkeys([*confusion, *(t for row in confusion.values() for t in row)]))
+    table = Table(
+        title=f"Routing after {stage}",
+        caption="rows: the input's task; columns: the task whose LoRA answered",
+    )
+    table.add_column("task")
+    for target in targets:
+        table.add_column(target, justify="right")
+    for task, row in confusion.items():
+        table.add_row(task, *(str(row.get(target, 0)) for target in targets))
     return table

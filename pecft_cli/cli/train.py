@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pecft_cli.cli.console import TrainProgress, err, out, print_json, show_results
+from pecft_cli.cli.console import TrainProgress, err, out, print_json, show_results, show_routing
 from pecft_cli.cli.exits import (
     BAD_INPUT,
     DIVERGED,
@@ -19,7 +19,6 @@ from pecft_cli.cli.exits import (
     quiet_libraries,
 )
 from pecft_cli.cli.options import JsonOption, RecipeArg, SetOption, TrustOption
-from pecft_cli.cli.tables import routing_table
 from pecft_cli.errors import Diverged, Preempted, RankDied
 from pecft_cli.runfolder.state import Timings
 
@@ -92,8 +91,7 @@ def train(
     if result.already_complete:
         err.print(f"{result.folder}: this run is already complete; nothing to do.", highlight=False)
     show_results(result.tasks, result.matrix, result.metrics)
-    if result.state.routing_accuracy:
-        out.print(routing_table(result.state.routing_accuracy))
+    show_routing(result.state)
     timings = time_split(result.state.timings)
     out.print(f"run folder: {result.folder} ({timings})", highlight=False)
 

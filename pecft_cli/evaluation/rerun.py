@@ -30,7 +30,8 @@ from pecft_cli.runfolder.saved import SavedRun, open_run, pick
 from pecft_cli.scoring.heatmap import save_heatmap
 from pecft_cli.scoring.metrics import matrix_metrics
 from pecft_cli.scoring.scorer import TaskScore, score_shared
-from pecft_cli.serving.routing import Routing, saved_routing
+from pecft_cli.serving.answering import Routing
+from pecft_cli.serving.routing import saved_routing
 
 
 @dataclass

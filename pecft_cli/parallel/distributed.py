@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -100,3 +101,27 @@ def gather(accelerator: Accelerator, value: T) -> list[T]:
 def cuda_devices(accelerator: Accelerator) -> list[torch.device]:
     """The devices whose generators `fork_rng` must save and restore besides the CPU's."""
     return [accelerator.device] if accelerator.device.type == "cuda" else []
+
+
+@dataclass(frozen=True)
+class Share:
+    """This process's part of a list that every process splits (every `world`-th item from its
+    `rank`), and how a tensor is summed over the processes."""
+
+    rank: int = 0
+    world: int = 1
+    accelerator: Accelerator | None = None
+
+    def mine(self, items: list[T]) -> list[T]:
+        return items[self.rank :: self.world]
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The tensor summed over every process (itself, with one process)."""
+        if self.accelerator is None or self.world == 1:
+            return tensor
+        total = self.accelerator.reduce(tensor.to(self.accelerator.device), "sum")
+        return total.to(tensor.device)
+
+
+def share_of(accelerator: Accelerator) -> Share:
+    return Share(accelerator.process_index, accelerator.num_processes, accelerator)

@@ -129,11 +129,65 @@ class ArrowSection(Section):
     )
 
 
+class RouterSection(Section):
+    """A router's features and rules (strategy.routing: prototype or gaussian)."""
+
+    layer: int = Field(
+        -1,
+        ge=-1000,
+        le=1000,
+        description="the base model's hidden state the router reads: 0 the token embeddings, "
+        "k the output of block k, -1 the last layer (negative counts from the end)",
+    )
+    pooling: Literal["last", "mean"] = Field(
+        "last",
+        description="last: the state at the prompt's last token; mean: the mean over the "
+        "prompt's tokens",
+    )
+    shrinkage: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="gaussian: share of the shared covariance replaced by its mean eigenvalue "
+        "times the identity, (1 - s) C + s trace(C)/d I; keeps it invertible with few examples",
+    )
+    fallback: Literal["none", "latest"] = Field(
+        "none",
+        description="where an input goes when the router's confidence is below `confident`: "
+        "none keeps the router's pick; latest sends it to the latest stage's task (for "
+        "stacked strategies the whole stack, for chain the latest snapshot)",
+    )
+    confident: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="the confidence below which `fallback` applies: gaussian, the posterior of "
+        "the chosen task; prototype, the margin between the two best cosines",
+    )
+    holdout: int = Field(
+        32,
+        ge=0,
+        le=COUNT_LIMIT,
+        description="training prompts per task left out of a copy of the router, to estimate "
+        "its routing accuracy once two tasks have trained (0: no estimate)",
+    )
+    warn_below: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="a routing-accuracy estimate below this is reported as a warning and "
+        "recorded in run.json",
+    )
+
+
 ROUTING: dict[str, str] = {
     "none": "no router: each stage's model answers every input",
-    "prototype": "serve each input with the LoRA of the task whose prototype (the base model's "
-    "last hidden state at the prompt's last token, averaged over its training prompts) is "
-    "nearest to the input's, by cosine; never from a task id",
+    "prototype": "serve each input with the LoRA of the task whose prototype (the mean of its "
+    "training prompts' normalised features, strategy.router) is nearest to the input's, by "
+    "cosine; never from a task id",
+    "gaussian": "serve each input with the LoRA of the task a Gaussian classifier with one "
+    "shared covariance (per-task means and a pooled, shrunk covariance of the training "
+    "prompts' features, strategy.router) finds most probable; never from a task id",
     "arrow": "PEFT's Arrow, training-free: at every layer each token mixes the strategy.arrow."
     "top_k task LoRAs whose prototypes (the top right singular vector of B A) it is most "
     "aligned with",
@@ -157,11 +211,14 @@ class StrategySection(Section):
         description="replay options (those of the replay strategy), to add a replay buffer to "
         "any strategy that takes one",
     )
-    routing: Literal["none", "prototype", "arrow"] = Field(
+    routing: Literal["none", "prototype", "gaussian", "arrow"] = Field(
         "none",
         description="how a stage chooses between the task LoRAs (strategies with a LoRA per "
         "task): "
         + "; ".join(f"{mode}: {help_}" for mode, help_ in ROUTING.items() if mode != "none"),
+    )
+    router: RouterSection = Field(
+        RouterSection(), description="the router's features and rules (prototype, gaussian)"
     )
     arrow: ArrowSection = Field(ArrowSection(), description="Arrow's settings (routing: arrow)")
 

@@ -80,9 +80,11 @@ class RunState:
     `status` is running, completed, failed, interrupted, preempted, diverged or process_died;
     `training` holds each trained stage's summary (steps, tokens, losses, seconds);
     `routing_accuracy`, with a router, the share of each row's inputs of trained tasks that it
-    sent to their own task's LoRA; `stage_peak_memory_mb` the process's peak once each stage was
-    trained, saved and scored (a training summary's peak is taken before the stage's own
-    after-training work and its row).
+    sent to their own task's LoRA, `routing_confusion` where each task's inputs went (true task
+    -> routed-to task -> count) and `routing_estimate` the router's accuracy on held-out
+    training prompts after each stage (from the second on); `stage_peak_memory_mb` the
+    process's peak once each stage was trained, saved and scored (a training summary's peak is
+    taken before the stage's own after-training work and its row).
     """
 
     name: str
@@ -108,6 +110,8 @@ class RunState:
     peak_memory_mb: dict[str, float] | None = None
     stage_peak_memory_mb: dict[str, dict[str, float]] = field(default_factory=dict)
     routing_accuracy: dict[str, float] = field(default_factory=dict)
+    routing_confusion: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    routing_estimate: dict[str, float] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     pecft_version: str = __version__
 

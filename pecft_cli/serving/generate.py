@@ -35,12 +35,9 @@ from pecft_cli.recipe.sections import ModelSection
 from pecft_cli.recipe.template import template_fields
 from pecft_cli.runfolder.layout import BASE
 from pecft_cli.scoring.scorer import greedy_answers
+from pecft_cli.serving.answering import Decoder, OwnAdapter
 from pecft_cli.serving.experts import SavedExperts
-from pecft_cli.serving.routing import (
-    Decoder,
-    OwnAdapter,
-    saved_routing,
-)
+from pecft_cli.serving.routing import saved_routing
 
 FREE_MAX_NEW_TOKENS = 128
 

@@ -1,118 +1,234 @@
-"""Routing each input to the LoRA of its own task, chosen from the input alone (no task id).
+"""Routers: the task whose LoRA serves an input, chosen from the input alone (no task id).
 
-A prototype router. A task's prototype is the mean, over its training prompts, of the base
-model's last hidden state at each prompt's last token, normalised; an input goes to the trained
-task whose prototype is nearest by cosine. The last token sees the whole prompt, and where tasks
-share a template but ask different things it is where they differ: on the quickstart's tasks it
-routes every eval input right, where the mean over the prompt's tokens routes 89%. The base
-model computes every embedding (adapters off), so a prototype never changes once its task has
-trained, and an input's route does not depend on which adapter serves it. The router is saved
-in the run folder after every stage (`router/`) and read back by `pecft eval`.
+Both kinds keep statistics of each trained task's features (`pecft_cli.serving.features`),
+never its examples, and are written to the run folder after every stage (`router/`: a JSON
+index and a safetensors file that stock tools read).
+
+- `prototype`: a task's prototype is the normalised mean of its prompts' normalised features;
+  an input goes to the nearest prototype by cosine. Its confidence is the margin between the
+  two best cosines.
+- `gaussian`: a Gaussian classifier with one shared covariance (linear discriminant analysis).
+  Each task keeps its count, feature sum and scatter (sum of (x - mean)(x - mean)^T); the shared
+  covariance is the pooled scatter over N - T degrees of freedom, shrunk toward its mean
+  eigenvalue: (1 - s) C + s (trace(C) / d) I with s = `shrinkage`. An input goes to the task
+  with the highest posterior under equal priors, which is its confidence. Where tasks share a
+  template and differ only in their inputs, it tells them apart where the nearest mean does not:
+  it weighs each direction by how much the tasks vary along it.
+
+Statistics are sums, so several processes each add their share of a task's prompts and the sums
+are added up (`Totals`); the router is then the one-process router to float tolerance.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from pecft_cli.errors import PecftError
-from pecft_cli.parallel.sharding import no_grad
 from pecft_cli.runfolder.saved import SavedRun
+from pecft_cli.serving.features import Features
 
-PROTOTYPE_EXAMPLES = 256  # training prompts a prototype is the mean of, at most
-EMBED_BATCH = 32
-WEIGHTS_FILE = "prototypes.safetensors"
 INDEX_FILE = "router.json"
-
-
-def embed(model: torch.nn.Module, prompts: list[list[int]], pad_id: int) -> torch.Tensor:
-    """Each prompt's base-model embedding: the last hidden state at its last token, normalised
-    to length one; one row per prompt, in order."""
-    device = next(model.parameters()).device
-    off = model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext()
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    rows: dict[int, torch.Tensor] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        with off, no_grad(model):
-            for start in range(0, len(order), EMBED_BATCH):
-                chunk = order[start : start + EMBED_BATCH]
-                width = max(len(prompts[i]) for i in chunk)
-                ids = [prompts[i] + [pad_id] * (width - len(prompts[i])) for i in chunk]
-                mask = [[1] * len(prompts[i]) + [0] * (width - len(prompts[i])) for i in chunk]
-                mask_t = torch.tensor(mask, device=device)
-                output = model(
-                    input_ids=torch.tensor(ids, device=device),
-                    attention_mask=mask_t,
-                    output_hidden_states=True,
-                    use_cache=False,
-                    logits_to_keep=1,
-                )
-                hidden = output.hidden_states[-1].float()
-                last = mask_t.sum(1) - 1  # right-padded: each prompt's own last token
-                pooled = hidden[torch.arange(len(chunk), device=device), last]
-                vectors = torch.nn.functional.normalize(pooled, dim=-1)
-                for i, vector in zip(chunk, vectors, strict=True):
-                    rows[i] = vector.cpu()
-    finally:
-        model.train(was_training)
-    return torch.stack([rows[i] for i in range(len(prompts))])
+LEGACY_POOLING = {"last token": "last"}  # how routers of earlier versions named it
+WEIGHTS_FILES = {"prototype": "prototypes.safetensors", "gaussian": "gaussian.safetensors"}
 
 
 @dataclass
-class Router:
-    """The prototypes of the tasks trained so far, in stage order."""
+class Totals:
+    """A task's feature statistics as sums, which processes add up: count, sum, and (for the
+    Gaussian router) the sum of outer products."""
 
-    tasks: list[str] = field(default_factory=list)
-    prototypes: list[torch.Tensor] = field(default_factory=list)
-
-    def add(self, task: str, vectors: torch.Tensor) -> None:
-        """Task `task`'s prototype from its training prompts' embeddings."""
-        self.tasks.append(task)
-        self.prototypes.append(torch.nn.functional.normalize(vectors.mean(0), dim=0))
-
-    def upto(self, count: int) -> Router:
-        """The router as it stood once its first `count` tasks had trained."""
-        return Router(self.tasks[:count], self.prototypes[:count])
-
-    def route(self, vectors: torch.Tensor) -> list[int]:
-        """The index (in `tasks`) of each embedding's nearest prototype."""
-        similarity = vectors @ torch.stack(self.prototypes).T
-        return similarity.argmax(dim=1).tolist()
-
-    def save(self, folder: Path) -> None:
-        """prototypes.safetensors and router.json into `folder` (which exists)."""
-        weights = {f"prototype.{i}": p.contiguous() for i, p in enumerate(self.prototypes)}
-        save_file(weights, str(folder / WEIGHTS_FILE))
-        index = {"kind": "prototype", "pooling": "last token", "tasks": self.tasks}
-        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    count: float
+    total: torch.Tensor
+    squares: torch.Tensor | None = None
 
     @classmethod
-    def load(cls, folder: Path) -> Router:
-        """The router a run saved; a clear error when it is missing or damaged."""
-        try:
-            index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
-            weights = load_file(str(folder / WEIGHTS_FILE))
-            tasks = list(index["tasks"])
-            prototypes = [weights[f"prototype.{i}"] for i in range(len(tasks))]
-        except Exception as exc:  # safetensors raises its own error type for a damaged file
-            raise PecftError(
-                f"{folder}: the run's router does not load ({type(exc).__name__}: {exc}); "
-                "train the run again, or evaluate it with strategy.routing removed."
-            ) from None
-        return cls(tasks, prototypes)
+    def of(cls, vectors: torch.Tensor, squares: bool) -> Totals:
+        x = vectors.double()
+        return cls(float(len(x)), x.sum(0), x.T @ x if squares else None)
+
+    def minus(self, other: Totals) -> Totals:
+        """These sums without `other`'s part of them."""
+        squares = None
+        if self.squares is not None and other.squares is not None:
+            squares = self.squares - other.squares
+        return Totals(self.count - other.count, self.total - other.total, squares)
+
+
+@dataclass
+class PrototypeRouter:
+    """The prototypes of the tasks trained so far, in stage order."""
+
+    features: Features = field(default_factory=Features)
+    tasks: list[str] = field(default_factory=list)
+    prototypes: list[torch.Tensor] = field(default_factory=list)
+    kind: str = "prototype"
+
+    def totals(self, vectors: torch.Tensor) -> Totals:
+        return Totals.of(torch.nn.functional.normalize(vectors.float(), dim=-1), squares=False)
+
+    def add(self, task: str, totals: Totals) -> None:
+        """Task `task`'s prototype from the sum of its prompts' normalised features."""
+        self.tasks.append(task)
+        mean = (totals.total / totals.count).float()
+        self.prototypes.append(torch.nn.functional.normalize(mean, dim=0))
+
+    def upto(self, count: int) -> PrototypeRouter:
+        """The router as it stood once its first `count` tasks had trained."""
+        return PrototypeRouter(self.features, self.tasks[:count], self.prototypes[:count])
+
+    def scores(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(inputs, tasks): each input's cosine with each prototype."""
+        unit = torch.nn.functional.normalize(vectors.float(), dim=-1)
+        return unit @ torch.stack(self.prototypes).T
+
+    def confidence(self, scores: torch.Tensor) -> torch.Tensor:
+        """The margin between the best and the second-best cosine (1 with one task)."""
+        if scores.shape[1] == 1:
+            return torch.ones(scores.shape[0])
+        top = scores.topk(2, dim=1).values
+        return top[:, 0] - top[:, 1]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {f"prototype.{i}": p.contiguous() for i, p in enumerate(self.prototypes)}
+
+    def index(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def restore(cls, spec: Features, tasks: list[str], index: dict, weights: dict) -> Any:
+        return cls(spec, tasks, [weights[f"prototype.{i}"] for i in range(len(tasks))])
+
+
+@dataclass
+class GaussianRouter:
+    """Per-task counts, means and scatters, and the shrinkage of the shared covariance."""
+
+    features: Features = field(default_factory=Features)
+    shrinkage: float = 0.1
+    tasks: list[str] = field(default_factory=list)
+    counts: list[float] = field(default_factory=list)
+    means: list[torch.Tensor] = field(default_factory=list)  # float64
+    scatters: list[torch.Tensor] = field(default_factory=list)  # float64, d x d
+    kind: str = "gaussian"
+    solved: tuple[torch.Tensor, torch.Tensor] | None = None  # cached weights and biases
+
+    def totals(self, vectors: torch.Tensor) -> Totals:
+        return Totals.of(vectors, squares=True)
+
+    def add(self, task: str, totals: Totals) -> None:
+        """Task `task`'s count, mean and scatter from the sums of its prompts' features."""
+        assert totals.squares is not None
+        mean = totals.total / totals.count
+        self.tasks.append(task)
+        self.counts.append(totals.count)
+        self.means.append(mean)
+        self.scatters.append(totals.squares - totals.count * torch.outer(mean, mean))
+        self.solved = None
+
+    def upto(self, count: int) -> GaussianRouter:
+        return GaussianRouter(
+            self.features,
+            self.shrinkage,
+            self.tasks[:count],
+            self.counts[:count],
+            self.means[:count],
+            self.scatters[:count],
+        )
+
+    def covariance(self) -> torch.Tensor:
+        """The pooled within-task covariance, shrunk toward its mean eigenvalue."""
+        scatter = torch.stack(self.scatters).sum(0)
+        freedom = sum(self.counts) - len(self.counts)
+        pooled = scatter / max(freedom, 1.0)
+        d = pooled.shape[0]
+        ridge = torch.trace(pooled) / d
+        shrunk = (1 - self.shrinkage) * pooled + self.shrinkage * ridge * torch.eye(d).double()
+        return shrunk
+
+    def scores(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(inputs, tasks): the log-posterior of each task under equal priors."""
+        if self.solved is None:
+            means = torch.stack(self.means)  # tasks x d
+            weights = torch.linalg.solve(self.covariance(), means.T)  # d x tasks
+            biases = -0.5 * (means * weights.T).sum(1)
+            self.solved = (weights, biases)
+        weights, biases = self.solved
+        logits = vectors.double() @ weights + biases
+        return torch.log_softmax(logits, dim=1).float()
+
+    def confidence(self, scores: torch.Tensor) -> torch.Tensor:
+        """The posterior of the chosen task."""
+        return scores.max(dim=1).values.exp()
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        found = {}
+        for i, (mean, scatter) in enumerate(zip(self.means, self.scatters, strict=True)):
+            found[f"mean.{i}"] = mean.contiguous()
+            found[f"scatter.{i}"] = scatter.contiguous()
+        return found
+
+    def index(self) -> dict[str, Any]:
+        return {"shrinkage": self.shrinkage, "counts": self.counts}
+
+    @classmethod
+    def restore(cls, spec: Features, tasks: list[str], index: dict, weights: dict) -> Any:
+        means = [weights[f"mean.{i}"] for i in range(len(tasks))]
+        scatters = [weights[f"scatter.{i}"] for i in range(len(tasks))]
+        counts = [float(c) for c in index["counts"]]
+        return cls(spec, float(index["shrinkage"]), tasks, counts, means, scatters)
+
+
+Router = PrototypeRouter | GaussianRouter
+KINDS: dict[str, type[PrototypeRouter] | type[GaussianRouter]] = {
+    "prototype": PrototypeRouter,
+    "gaussian": GaussianRouter,
+}
+
+
+def route(router: Router, vectors: torch.Tensor) -> tuple[list[int], list[float]]:
+    """Each input's task (an index into `router.tasks`) and the router's confidence in it."""
+    scores = router.scores(vectors)
+    return scores.argmax(dim=1).tolist(), router.confidence(scores).tolist()
+
+
+def save_router(router: Router, folder: Path) -> None:
+    """The router's weights and its JSON index into `folder` (which exists)."""
+    save_file(router.weights(), str(folder / WEIGHTS_FILES[router.kind]))
+    index = {
+        "kind": router.kind,
+        "layer": router.features.layer,
+        "pooling": router.features.pooling,
+        "tasks": router.tasks,
+        **router.index(),
+    }
+    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+def load_router(folder: Path) -> Router:
+    """The router a run saved; a clear error when it is missing or damaged."""
+    try:
+        index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
+        kind = index["kind"]
+        weights = load_file(str(folder / WEIGHTS_FILES[kind]))
+        pooling = LEGACY_POOLING.get(index.get("pooling"), index.get("pooling", "last"))
+        spec = Features(int(index.get("layer", -1)), str(pooling))
+        return KINDS[kind].restore(spec, list(index["tasks"]), index, weights)
+    except Exception as exc:  # safetensors raises its own error type for a damaged file
+        raise PecftError(
+            f"{folder}: the run's router does not load ({type(exc).__name__}: {exc}); "
+            "train the run again, or evaluate it with strategy.routing removed."
+        ) from None
 
 
 def saved_router(saved: SavedRun) -> Router:
     """The router a routed run saved, checked against the stages whose adapters it has."""
-    router = Router.load(saved.folder.router)
+    router = load_router(saved.folder.router)
     planned = saved.state.planned_stages
     trained = list(saved.adapters)
     if router.tasks != planned[: len(router.tasks)] or len(router.tasks) < len(trained):

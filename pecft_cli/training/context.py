@@ -16,7 +16,7 @@ from pecft_cli.recipe.schema import Recipe
 from pecft_cli.runfolder.layout import RunFolder
 from pecft_cli.runfolder.state import RunState, write_state
 from pecft_cli.scoring.harness import HarnessTasks
-from pecft_cli.serving.routing import OwnAdapter, Routing
+from pecft_cli.serving.answering import OwnAdapter, Routing
 from pecft_cli.strategies.base import Strategy
 from pecft_cli.training.tracking import Tracking
 

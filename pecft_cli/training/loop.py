@@ -42,6 +42,7 @@ from pecft_cli.runfolder.matrix import read_matrix
 from pecft_cli.runfolder.state import RunState, now, peak_memory_mb, write_state
 from pecft_cli.scoring.harness import harness_changes, harness_tasks
 from pecft_cli.scoring.metrics import stage_metrics
+from pecft_cli.serving.router import save_router
 from pecft_cli.serving.routing import routing_for
 from pecft_cli.strategies import build_strategy
 from pecft_cli.strategies.base import Stage
@@ -57,6 +58,7 @@ from pecft_cli.training.checkpoint import (
 from pecft_cli.training.context import RunContext
 from pecft_cli.training.model_card import write_card
 from pecft_cli.training.preflight import preflight
+from pecft_cli.training.routes import learn_routes
 from pecft_cli.training.rows import MatrixRows
 from pecft_cli.training.stage import StagePlan, StageTrainer
 from pecft_cli.training.tracking import Tracking, check_trackers
@@ -230,7 +232,7 @@ class TaskLoop:
             ctx.state.training.setdefault(finished[-1].name, summary)
         ctx.strategy.resume(ctx.model, finished, checkpoint.strategy)
         for stage in finished:
-            self.learn_routes(stage)
+            learn_routes(self.ctx, stage)
         if ctx.replay is not None:
             ctx.replay.load_state_dict(checkpoint.replay)
         if ctx.main:
@@ -247,7 +249,7 @@ class TaskLoop:
         ctx = self.ctx
         for stage in self.stages[first:]:
             summary = self.train_stage(stage)
-            self.learn_routes(stage)
+            learn_routes(self.ctx, stage)
             self.save_stage(stage)
             ctx.state.training[stage.name] = summary
             ctx.state.timings.train_seconds[stage.name] = summary["seconds"]
@@ -304,14 +306,7 @@ class TaskLoop:
                 ctx.replay.save(ctx.folder, [stage.name for stage in self.stages])
             router = ctx.routing.kept()
             if router is not None:
-                write_folder(ctx.folder.router, router.save)
-
-    def learn_routes(self, stage: Stage) -> None:
-        """What the routing mode learns of the stage's tasks from their training prompts."""
-        ctx = self.ctx
-        for i in stage.tasks:
-            prompts = [example.prompt_ids for example in ctx.tasks[i].train]
-            ctx.routing.learn(ctx.model, ctx.names[i], prompts)
+                write_folder(ctx.folder.router, partial(save_router, router))
 
     def write_boundary(self, stage: Stage, summary: dict[str, Any]) -> None:
         """The checkpoint between this stage and the next: what a resume continues from."""

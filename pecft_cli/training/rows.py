@@ -23,7 +23,7 @@ from pecft_cli.scoring.harness import score_harness
 from pecft_cli.scoring.heatmap import save_heatmap
 from pecft_cli.scoring.scorer import TaskScore, score_shared
 from pecft_cli.serving.experts import LiveExperts
-from pecft_cli.serving.routing import routed_share
+from pecft_cli.serving.routing import routed_counts
 from pecft_cli.strategies.base import Stage
 from pecft_cli.training.context import RunContext
 
@@ -62,7 +62,7 @@ class MatrixRows:
         name = stage.name if stage is not None else BASE
         started = time.perf_counter()
         row: list[float | None] = []
-        routed = [0, 0]  # inputs of trained tasks: sent to their own task's LoRA, all
+        confusion: dict[str, dict[str, int]] = {}  # a trained task -> where its inputs went
         chosen = self.cells(stage)
         with torch.random.fork_rng(devices=cuda_devices(ctx.accelerator)):
             for index, task in enumerate(ctx.tasks):
@@ -71,8 +71,9 @@ class MatrixRows:
                     continue
                 task_started = time.perf_counter()
                 result = self.score_task(task, stage)
-                hits, total = routed_share(task.name, result, self.trained(stage))
-                routed = [routed[0] + hits, routed[1] + total]
+                counts = routed_counts(task.name, result, self.trained(stage))
+                if counts:
+                    confusion[task.name] = counts
                 if ctx.main:
                     write_jsonl(ctx.folder.predictions(name, task.name), result.predictions)
                 ctx.on_event("eval", result.event(name, time.perf_counter() - task_started))
@@ -80,8 +81,11 @@ class MatrixRows:
                 if ctx.stop.requested(ctx.accelerator):
                     raise Preempted(f"stopped while scoring after {name}")
         ctx.state.timings.eval_seconds[name] = round(time.perf_counter() - started, 2)
-        if routed[1]:
-            ctx.state.routing_accuracy[name] = round(routed[0] / routed[1], 6)
+        if confusion:
+            right = sum(counts.get(task, 0) for task, counts in confusion.items())
+            total = sum(sum(counts.values()) for counts in confusion.values())
+            ctx.state.routing_accuracy[name] = round(right / total, 6)
+            ctx.state.routing_confusion[name] = confusion
         return row
 
     def trained(self, stage: Stage | None) -> list[str]:

@@ -30,14 +30,15 @@ ROOT = Path(__file__).resolve().parents[2]
 def recipe_for(folder: Path, tiny_model: Path, strategy: str) -> Path:
     path = write_recipe(folder, tiny_model)
     recipe = yaml.safe_load(path.read_text())
-    recipe["strategy"] = {"name": strategy}
+    name, _, routing = strategy.partition("+")
+    recipe["strategy"] = {"name": name, "routing": routing or "none"}
     recipe["lora"]["dropout"] = 0.1  # masks follow the examples, not the processes
     recipe["training"].update({"max_steps": 5, "batch_size": 3})
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
 
 
-@pytest.mark.parametrize("strategy", ["seq", "olora"])
+@pytest.mark.parametrize("strategy", ["seq", "olora", "separate+gaussian"])
 def test_two_cpu_ranks_from_the_launcher_train_what_one_process_does(
     strategy: str, tmp_path: Path, tiny_model: Path
 ) -> None:
@@ -74,6 +75,12 @@ def test_two_cpu_ranks_from_the_launcher_train_what_one_process_does(
     log = (two / "logs/train.jsonl").read_text().splitlines()
     assert len(log) == len((single.folder / "logs/train.jsonl").read_text().splitlines())
     assert done.stdout.count("run folder:") == 1  # only the main process prints
+    if (single.folder / "router").is_dir():  # each rank summed its share of the statistics
+        one = load_file(single.folder / "router/gaussian.safetensors")
+        other = load_file(two / "router/gaussian.safetensors")
+        assert one.keys() == other.keys()
+        for key in one:
+            torch.testing.assert_close(other[key], one[key], atol=1e-6, rtol=1e-6)
 
 
 def test_processes_that_did_not_form_one_group_are_refused(

@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "recipes" / "data"
-STREAMS = ("quickstart", "atlas")
+STREAMS = ("quickstart", "atlas", "blind")
 
 
 def manifest(stream: str) -> dict:

@@ -29,7 +29,7 @@ def test_strategy_runs_on_a_4bit_base(strategy: str, tmp_path: Path, tiny_model_
         assert rescore_with_stock_peft(result.folder, number) == rows[stage]
 
 
-@pytest.mark.parametrize("routing", ["prototype", "arrow"])
+@pytest.mark.parametrize("routing", ["prototype", "gaussian", "arrow"])
 def test_routing_runs_on_a_4bit_base(routing: str, tmp_path: Path, tiny_model_64: Path) -> None:
     overrides = ["strategy.name=separate", f"strategy.routing={routing}", "training.max_steps=2"]
     overrides.append("model.quantization=4bit")

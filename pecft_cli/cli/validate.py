@@ -116,7 +116,7 @@ def print_strategy(strategy: StrategyHelp) -> None:
             print_setting(setting)
     if strategy.routing_help:
         out.print(f"   routing {strategy.routing}: {strategy.routing_help}", highlight=False)
-    for setting in strategy.arrow or []:
+    for setting in strategy.router or []:
         print_setting(setting)
 
 

@@ -19,7 +19,7 @@ from pydantic_core import to_jsonable_python
 
 from pecft_cli.recipe.json_schema import recipe_json_schema
 from pecft_cli.recipe.schema import Recipe
-from pecft_cli.recipe.sections import ROUTING, StrategySection, TrainingOverride
+from pecft_cli.recipe.sections import ROUTER_SECTIONS, ROUTING, StrategySection, TrainingOverride
 from pecft_cli.recipe.strategies import TRAITS, Traits, strategy_options
 
 COMMAND = "python -m pecft_cli.recipe.reference > docs/recipe.md"
@@ -193,7 +193,7 @@ class StrategyHelp:
     replay: list[Setting] | None
     routing: str
     routing_help: str | None
-    arrow: list[Setting] | None
+    router: list[Setting] | None  # the routing mode's own settings
 
 
 def settings(values: BaseModel, prefix: str = "") -> list[Setting]:
@@ -217,8 +217,14 @@ def strategy_help(section: StrategySection) -> StrategyHelp:
         replay=None if replay is None else settings(replay),
         routing=section.routing,
         routing_help=ROUTING[section.routing] if section.routed else None,
-        arrow=settings(section.arrow, "strategy.arrow.") if section.routing == "arrow" else None,
+        router=router_settings(section),
     )
+
+
+def router_settings(section: StrategySection) -> list[Setting] | None:
+    """The settings of the section the routing mode reads (strategy.router or .arrow)."""
+    name = ROUTER_SECTIONS.get(section.routing)
+    return None if name is None else settings(getattr(section, name), f"strategy.{name}.")
 
 
 INTRO = """\

@@ -194,6 +194,9 @@ ROUTING: dict[str, str] = {
 }
 """What each `strategy.routing` mode does, for the reference and `pecft validate --explain`."""
 
+ROUTER_SECTIONS = {"prototype": "router", "gaussian": "router", "arrow": "arrow"}
+"""The section of `strategy` whose settings each routing mode reads."""
+
 
 class StrategySection(Section):
     """The continual-learning strategy and its own options (checked by the strategy itself)."""

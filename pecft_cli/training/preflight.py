@@ -170,12 +170,25 @@ def capacity(device: str) -> tuple[int, str]:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "of RAM"
 
 
+def check_router_layer(recipe: Recipe, depth: int | None) -> None:
+    """A router reads one of the model's depth + 1 hidden states (0 the embeddings)."""
+    layer = recipe.strategy.router.layer
+    if depth is None or not recipe.strategy.routed or -(depth + 1) <= layer <= depth:
+        return
+    raise PecftError(
+        f"strategy.router.layer: {layer} is not a hidden state of this model, which has "
+        f"{depth} layers; give 0 (the token embeddings) to {depth}, or -1 (the last layer) to "
+        f"-{depth + 1}."
+    )
+
+
 def check_limits(
     recipe: Recipe, skeleton: PreTrainedModel, tasks: list[TaskData], processes: int
 ) -> MemoryEstimate:
     """Every model-dependent range, and the memory estimate; returns the estimate."""
     layers = lora_layers(recipe, skeleton)
     check_rank(recipe, layers)
+    check_router_layer(recipe, getattr(skeleton.config, "num_hidden_layers", None))
     check_lengths(recipe, tasks, context_length(skeleton.config))
     estimate = estimate_memory(recipe, skeleton, layers, tasks, processes)
     host_share = processes if estimate.device == "of RAM" else 1

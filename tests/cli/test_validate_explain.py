@@ -56,3 +56,14 @@ def test_explain_in_json(recipe_file: Path) -> None:
     assert lambda1["key"]["path"] == "lambda1" and lambda1["key"]["default"] == "0.5"
     assert "orthogonality" in lambda1["key"]["help"]
     assert "explain" not in json.loads(invoke("validate", recipe_file, "--json").stdout)
+
+
+def test_explain_shows_the_router_settings_of_a_routed_strategy(recipe_file: Path) -> None:
+    routed = ["--set", "strategy.routing=gaussian", "--set", "strategy.router.layer=1"]
+    result = invoke("validate", recipe_file, "--explain", "--set", "strategy.name=chain", *routed)
+    assert result.exit_code == 0, result.output
+    assert "routing gaussian: serve each input with the LoRA of the task a Gaussian" in " ".join(
+        result.output.split()
+    )
+    assert "strategy.router.layer = 1  (default -1; integer" in result.output
+    assert "strategy.router.shrinkage = 0.1" in result.output

@@ -262,3 +262,14 @@ def test_arrow_mixes_the_task_loras_and_eval_and_generate_reproduce_it(
     assert [a["answer"] for a in json.loads(result.stdout)] == [
         p["prediction"] for p in predictions
     ]
+
+
+def test_a_router_layer_the_model_lacks_is_refused_at_validate(recipe_file: Path) -> None:
+    routed = ["strategy.name=separate", "strategy.routing=gaussian", "strategy.router.layer=9"]
+    result = invoke("validate", recipe_file, *[x for o in routed for x in ("--set", o)])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "strategy.router.layer: 9 is not a hidden state of this model, which has 2" in message
+    assert "Traceback" not in result.output
+    fine = invoke("validate", recipe_file, *[x for o in routed[:2] for x in ("--set", o)])
+    assert fine.exit_code == 0, fine.output

@@ -104,12 +104,51 @@ def measure(stream: str, layers: list[int] | None, shrinkage: float) -> dict:
     }
 
 
+def markdown(records: list[dict], every: int) -> str:
+    """The routing table of the recorded streams: a row per kind, pooling and layer (every
+    `every`-th layer and the last), a column per stream, and the best row of each stream."""
+    streams = [record["stream"] for record in records]
+    cells = {
+        (row["kind"], row["pooling"], row["layer"], record["stream"]): row["routing"]
+        for record in records
+        for row in record["rows"]
+    }
+    depth = max(record["layers"] for record in records)
+    shown = sorted({*range(0, depth + 1, every), depth})
+    lines = [
+        "| router | pooling | layer | " + " | ".join(streams) + " |",
+        "|---|---|---|" + "---|" * len(streams),
+    ]
+    for kind in ("prototype", "gaussian"):
+        for pooling in POOLINGS:
+            for layer in shown:
+                values = [cells.get((kind, pooling, layer, s)) for s in streams]
+                text = ["-" if v is None else f"{100 * v:.1f}" for v in values]
+                lines.append(f"| {kind} | {pooling} | {layer} | " + " | ".join(text) + " |")
+    for record in records:
+        best = max(record["rows"], key=lambda row: row["routing"])
+        lines.append(
+            f"\nBest on {record['stream']}: {best['kind']}, {best['pooling']}, layer "
+            f"{best['layer']}: {100 * best['routing']:.1f}% of {record['eval_prompts']} eval "
+            f"prompts ({record['seconds_per_prompt'] * 1000:.0f} ms a prompt for the features)."
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", default=",".join(STREAMS))
     parser.add_argument("--layers", default=None, help="comma-separated; default every layer")
     parser.add_argument("--shrinkage", type=float, default=0.1)
+    parser.add_argument(
+        "--recorded", type=int, metavar="EVERY", help="print the recorded table; measure nothing"
+    )
     args = parser.parse_args()
+    if args.recorded:
+        names = args.streams.split(",")
+        found = [RECORDS / f"{name}.json" for name in names if (RECORDS / f"{name}.json").is_file()]
+        print(markdown([json.loads(path.read_text()) for path in found], args.recorded))
+        return
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     RECORDS.mkdir(parents=True, exist_ok=True)
     for stream in args.streams.split(","):

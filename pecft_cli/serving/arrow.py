@@ -36,14 +36,13 @@ class ArrowRouting:
 
     def score(self, experts: Experts, task: TaskData, scorer: Scorer) -> TaskScore:
         with self.mixing(experts):
-            return scorer(experts.model, task)
+            return OwnAdapter().score(experts, task, scorer)
 
     def answer(
         self, experts: Experts, prompts: list[list[int]], decode: Decoder
     ) -> tuple[list[str], list[str | None]]:
         with self.mixing(experts):
-            answers = decode(experts.model, prompts)
-        return [answers[i] for i in range(len(prompts))], [None] * len(prompts)
+            return OwnAdapter().answer(experts, prompts, decode)
 
     def learn(self, model: Any, task: str, prompts: list[list[int]], share: Share) -> None:
         """Nothing to learn: Arrow reads the LoRAs themselves."""

@@ -147,15 +147,17 @@ class GaussianRouter:
         freedom = sum(self.counts) - len(self.counts)
         pooled = scatter / max(freedom, 1.0)
         d = pooled.shape[0]
-        ridge = torch.trace(pooled) / d
-        shrunk = (1 - self.shrinkage) * pooled + self.shrinkage * ridge * torch.eye(d).double()
-        return shrunk
+        trace = float(torch.trace(pooled))
+        if trace <= 0:  # every task's features constant (one token, say): plain distances
+            return torch.eye(d, dtype=torch.float64)
+        ridge = trace / d
+        return (1 - self.shrinkage) * pooled + self.shrinkage * ridge * torch.eye(d).double()
 
     def scores(self, vectors: torch.Tensor) -> torch.Tensor:
         """(inputs, tasks): the log-posterior of each task under equal priors."""
         if self.solved is None:
             means = torch.stack(self.means)  # tasks x d
-            weights = torch.linalg.solve(self.covariance(), means.T)  # d x tasks
+            weights = torch.linalg.lstsq(self.covariance(), means.T).solution  # d x tasks
             biases = -0.5 * (means * weights.T).sum(1)
             self.solved = (weights, biases)
         weights, biases = self.solved

@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from pecft_cli.cli.console import out
-from pecft_cli.cli.exits import quiet_libraries
+from pecft_cli.cli.exits import quiet_libraries, read_data
 from pecft_cli.cli.options import JsonOption, RecipeArg, SetOption, TrustOption
 from pecft_cli.errors import short, short_text
 from pecft_cli.recipe.reference import Setting, StrategyHelp, strategy_help
@@ -33,15 +33,17 @@ def validate(
     explain: ExplainOption = False,
 ) -> None:
     """Check a recipe and its data and show each task's first example as the model sees it."""
-    quiet_libraries()
-    from pecft_cli.model.load import load_tokenizer
     from pecft_cli.recipe.load import load_recipe
     from pecft_cli.recipe.schema import output_dir
-    from pecft_cli.training.preflight import preflight
 
     parsed = load_recipe(recipe, set_)
+    rendered = read_data(parsed)
+    quiet_libraries()
+    from pecft_cli.model.load import load_tokenizer
+    from pecft_cli.training.preflight import preflight
+
     tokenizer = load_tokenizer(parsed.model, trust_remote_code)
-    checked = preflight(parsed, tokenizer, trust_remote_code=trust_remote_code)
+    checked = preflight(parsed, tokenizer, trust_remote_code=trust_remote_code, rendered=rendered)
     tasks, memory = checked.tasks, checked.memory
     strategy = strategy_help(parsed.strategy) if explain else None
     if as_json:

@@ -98,15 +98,23 @@ class TaskSection(Section):
                 template_fields(template)
             except ValueError as exc:
                 raise ValueError(f"task '{self.name}', {key} template: {exc}") from None
-        named = len(template_fields(self.target_template()))
+        named = template_fields(self.target_template())
         for key in ("per_class", "labels"):
-            if getattr(self, key) is not None and named != 1:
+            if getattr(self, key) is not None and (len(named) != 1 or "." in named[0]):
+                inside = " and picks inside it" if len(named) == 1 else ""
                 raise ValueError(
                     f"task '{self.name}', {key}: it works on the classes of the one field the "
-                    f"target names, and the target '{self.target}' names {named}; give a target "
-                    "of one field."
+                    f"target names, and the target '{self.target}' names {len(named)}{inside}; "
+                    "give a target of one field."
                 )
         return self
+
+    def row_fields(self) -> list[str]:
+        """The fields of a row this task reads: those its templates name (a dotted placeholder
+        reads its first), and the field that holds each row's choices."""
+        named = template_fields(self.prompt) + template_fields(self.target_template())
+        own = [self.choices] if isinstance(self.choices, str) else []
+        return list(dict.fromkeys([name.split(".")[0] for name in named] + own))
 
     def class_field(self) -> str:
         """The field whose values are the classes of `per_class`: the one the target names."""

@@ -229,7 +229,7 @@ def text_row(task: TaskSection, text: str, where: str) -> dict[str, Any]:
         if isinstance(row, dict):
             return row
     fields = template_fields(task.prompt)
-    if len(fields) != 1:
+    if len(fields) != 1 or "." in fields[0]:
         raise PecftError(
             f"{where}: the prompt template of task '{task.name}' has the fields "
             f"{', '.join(fields) or '(none)'}; give each input as a JSON object with them, e.g. "

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from accelerate.utils import set_seed
 
+from pecft_cli.data.render import RenderedTask
 from pecft_cli.errors import Diverged, PecftError, Preempted, bounded
 from pecft_cli.events import EventCallback, ignore
 from pecft_cli.model.load import load_model, load_tokenizer
@@ -82,11 +83,12 @@ def run(
     overwrite: bool = False,
     trust_remote_code: bool = False,
     on_event: EventCallback = ignore,
+    rendered: dict[str, RenderedTask] | None = None,
 ) -> TrainResult:
     """Train the recipe's tasks in order and write the run folder, or resume an unfinished one.
 
     `trust_remote_code` is the caller's half of the two-key opt-in to a model's own Python code;
-    the recipe's `model.trust_remote_code` is the other.
+    the recipe's `model.trust_remote_code` is the other. `rendered`: tasks already read.
     """
     started = time.perf_counter()
     accelerator = process_group()
@@ -95,7 +97,8 @@ def run(
     set_seed(recipe.seed)
     on_event("status", {"message": "loading tokenizer and data"})
     tokenizer = load_tokenizer(recipe.model, trust_remote_code)
-    tasks = preflight(recipe, tokenizer, accelerator.num_processes, trust_remote_code).tasks
+    processes = accelerator.num_processes
+    tasks = preflight(recipe, tokenizer, processes, trust_remote_code, rendered).tasks
     names = [task.name for task in tasks]
     strategy, replay = build_strategy(recipe.strategy, recipe.lora, names, recipe.seed)
     strategy.sharded = sharding.requested(accelerator)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from pecft_cli.data.render import RenderedTask
 from pecft_cli.data.tasks import TaskData, load_task
 from pecft_cli.errors import PecftError
 from pecft_cli.model.load import check_lora_targets, context_length, model_dtype, model_skeleton
@@ -38,11 +39,19 @@ def preflight(
     tokenizer: PreTrainedTokenizerBase,
     processes: int = 1,
     trust_remote_code: bool = False,
+    rendered: dict[str, RenderedTask] | None = None,
 ) -> Preflight:
-    """Read and check every task's data and every model-dependent range of the recipe."""
+    """Read and check every task's data and every model-dependent range of the recipe.
+
+    `rendered` holds the tasks `render_local` already read, which are not read again."""
     skeleton = model_skeleton(recipe.model, trust_remote_code)
     check_lora_targets(recipe.lora, skeleton)
-    tasks = [load_task(task, recipe, tokenizer) for task in recipe.tasks]
+    context = context_length(skeleton.config)
+    given = rendered or {}
+    tasks = [
+        load_task(task, recipe, tokenizer, rendered=given.get(task.name), context=context)
+        for task in recipe.tasks
+    ]
     return Preflight(tasks, check_limits(recipe, skeleton, tasks, processes))
 
 

@@ -136,7 +136,7 @@ TRAIN_CASES: dict[str, tuple[Setup, str]] = {
     ),
     "template with attribute access": (
         recipe_case("tasks.0.prompt={country.__class__}"),
-        "indexes or reads an attribute",
+        "'country' holds text, which has no '__class__'",
     ),
     "yaml aliases that expand to millions": (
         rewrite("recipe.yaml", ALIAS_BOMB),

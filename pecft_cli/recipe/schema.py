@@ -21,6 +21,7 @@ from pecft_cli.recipe.sections import (
     LoraSection,
     Metric,
     ModelSection,
+    OutputSection,
     Section,
     StrategySection,
     TrainingOverride,
@@ -153,6 +154,9 @@ class Recipe(Section):
         EvaluationSection(), description="how every task is scored after every stage"
     )
     logging: LoggingSection = Field(LoggingSection(), description="experiment trackers")
+    output: OutputSection = Field(
+        OutputSection(), description="what the run folder keeps of each stage"
+    )
     tasks: Annotated[
         list[TaskSection],
         Field(min_length=1, description="the stream, in this order unless `order` names another"),
@@ -174,6 +178,17 @@ class Recipe(Section):
             if task.name in seen:
                 raise ValueError(f"task name '{task.name}' appears twice; task names must differ")
             seen.add(task.name)
+        return self
+
+    @model_validator(mode="after")
+    def _kept_for_routing(self) -> Recipe:
+        if self.output.stage_adapters == "last" and self.strategy.routing == "prototype":
+            raise ValueError(
+                "output.stage_adapters: last keeps only the latest stage's adapter, and routing "
+                "prototype serves each input with the adapter of the stage after its own task, "
+                "which `pecft eval` and `pecft generate` read from adapters/; keep all, or use "
+                "routing arrow, which reads task_loras/"
+            )
         return self
 
     @model_validator(mode="after")

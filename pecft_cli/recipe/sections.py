@@ -290,6 +290,19 @@ class EvaluationSection(Section):
         return value
 
 
+class OutputSection(Section):
+    """What the run folder keeps of each stage."""
+
+    stage_adapters: Literal["all", "last"] = Field(
+        "all",
+        description="all: adapters/ keeps the model after every stage; last: only after the "
+        "latest stage, each earlier one deleted once the next is written. Stacked strategies "
+        "(inclora, olora, inflora) write a rank r*k adapter at stage k, so with all, adapters/ "
+        "grows with the square of the task count; task_loras/ keeps every task's own LoRA "
+        "either way. `pecft eval` scores the stages kept; routing: prototype needs all",
+    )
+
+
 Tracker = Literal[
     "tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab"
 ]

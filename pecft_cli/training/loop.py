@@ -29,6 +29,7 @@ from accelerate.utils import set_seed
 from pecft_cli.data.render import RenderedTask
 from pecft_cli.errors import Diverged, PecftError, Preempted, bounded
 from pecft_cli.events import EventCallback, ignore
+from pecft_cli.model.adapters import parameter_counts
 from pecft_cli.model.load import load_model, load_tokenizer
 from pecft_cli.parallel import sharding
 from pecft_cli.parallel.distributed import cuda_devices, on_main, process_group
@@ -56,6 +57,7 @@ from pecft_cli.training.checkpoint import (
     write_checkpoint,
 )
 from pecft_cli.training.context import RunContext
+from pecft_cli.training.disk import keep_stage_adapters
 from pecft_cli.training.model_card import write_card
 from pecft_cli.training.preflight import preflight
 from pecft_cli.training.rows import MatrixRows
@@ -302,6 +304,9 @@ class TaskLoop:
         with torch.random.fork_rng(devices=cuda_devices(ctx.accelerator)):
             adapter = ctx.folder.adapter(stage.index, stage.name)
             write_folder(adapter, partial(ctx.strategy.save_adapter, ctx.model, stage))
+            keep_stage_adapters(
+                ctx.folder, ctx.state.stages, stage.index, ctx.recipe.output.stage_adapters
+            )
             ctx.strategy.save_extras(ctx.model, stage, ctx.folder)
             if ctx.replay is not None:
                 ctx.replay.save(ctx.folder, [stage.name for stage in self.stages])
@@ -392,8 +397,3 @@ def run_status(exc: BaseException) -> str:
     if isinstance(exc, Diverged):
         return "diverged"
     return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-
-
-def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())

@@ -21,17 +21,18 @@ from pecft_cli.errors import PecftError
 from pecft_cli.model.load import check_lora_targets, context_length, model_dtype, model_skeleton
 from pecft_cli.parallel import distributed
 from pecft_cli.recipe.schema import Recipe
+from pecft_cli.training.disk import DiskEstimate, check_disk, size
 
 ADAM_BYTES = 16  # a float32 trainable weight, its gradient and AdamW's two moments
-GIB = 2**30
 
 
 @dataclass
 class Preflight:
-    """A recipe's tasks, read and checked, and the memory its training needs at least."""
+    """A recipe's tasks, read and checked, and the memory and disk its training needs at least."""
 
     tasks: list[TaskData]
     memory: MemoryEstimate
+    disk: DiskEstimate
 
 
 def preflight(
@@ -52,7 +53,8 @@ def preflight(
         load_task(task, recipe, tokenizer, rendered=given.get(task.name), context=context)
         for task in recipe.tasks
     ]
-    return Preflight(tasks, check_limits(recipe, skeleton, tasks, processes))
+    memory = check_limits(recipe, skeleton, tasks, processes)
+    return Preflight(tasks, memory, check_disk(recipe, lora_layers(recipe, skeleton)))
 
 
 def lora_layers(recipe: Recipe, skeleton: PreTrainedModel) -> dict[str, torch.nn.Linear]:
@@ -129,14 +131,6 @@ class MemoryEstimate:
             f"training state {size(self.lora)}, activations of one micro-batch "
             f"{size(self.activations)}) of {size(self.capacity)} {self.device}"
         )
-
-
-def size(count: int) -> str:
-    """Bytes in the unit a person reads at a glance."""
-    for unit, scale in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
-        if count >= scale:
-            return f"{count / scale:.1f} {unit}"
-    return f"{count} bytes"
 
 
 def estimate_memory(

@@ -62,8 +62,8 @@ def refuse_kind(path: Path, kind: str, where: str) -> PecftError:
 
 def too_long(path: Path, line: int) -> PecftError:
     return PecftError(
-        f"{path}, line {line}: the row is longer than {MAX_ROW_BYTES // 2**20} MiB, more than "
-        "pecft reads as one row; remove the row or shorten its fields."
+        f"{path}, line {line}: the row is longer than {MAX_ROW_BYTES:,} bytes, more than pecft "
+        "reads as one row; remove the row or shorten its fields."
     )
 
 

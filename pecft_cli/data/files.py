@@ -25,7 +25,6 @@ from typing import IO, Any
 from pecft_cli.errors import PecftError, first_line, listing, short_text
 
 MAX_ROW_BYTES = 64 * 2**20  # one row of a data file; a training example is far shorter
-EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
 OTHER_KINDS = (
     (stat.S_ISCHR, "a character device"),
     (stat.S_ISBLK, "a block device"),

@@ -64,21 +64,20 @@ def relabel(
 
 def read_split(task: TaskSection, split: str) -> Rows:
     """A split as its source holds it: a local file or folder, a saved dataset, or the hub.
-    Rows of a local file keep only the fields the task uses (all of them when one is missing,
-    for the message that names it)."""
+    Rows keep only the fields the task uses (all of them when one is missing, for the message
+    that names it)."""
     where = f"tasks '{task.name}' {split}"
     reference = task.train if split == "train" else task.eval
-    kind = split_source(task, split)
+    kind, used = split_source(task, split), task.row_fields()
     if kind == "file":
-        used = task.row_fields()
         rows = [slim(row, used) for row in file_rows(Path(reference), where)]
         return Rows(rows).named(reference)
     if task.source is None:
-        return Rows(*read_saved(Path(reference), None, where)).named(reference)
+        return Rows(*read_saved(Path(reference), None, where, used)).named(reference)
     described = f"{task.source} [{reference}]"
     if kind == "saved":
-        return Rows(*read_saved(Path(task.source), reference, where)).named(described)
-    return Rows(*read_hub(task.source, task.config, reference, where)).named(described)
+        return Rows(*read_saved(Path(task.source), reference, where, used)).named(described)
+    return Rows(*read_hub(task.source, task.config, reference, where, used)).named(described)
 
 
 def slim(row: dict[str, Any], used: list[str]) -> dict[str, Any]:
@@ -165,12 +164,17 @@ def per_class(
     return [read.rows[index] for index in sorted(kept)]
 
 
-def dataset_rows(data: Any) -> tuple[list[dict[str, Any]], frozenset[str]]:
-    """A `datasets.Dataset` as rows, a `ClassLabel` column's integers written as the class
-    names (so a target on it yields "sports", not "1"), and the names of those columns."""
+def dataset_rows(
+    data: Any, used: list[str] | None = None
+) -> tuple[list[dict[str, Any]], frozenset[str]]:
+    """A `datasets.Dataset` as rows (of the `used` columns only, when it has them all), a
+    `ClassLabel` column's integers written as the class names (so a target on it yields
+    "sports", not "1"), and the names of those columns."""
     from datasets import ClassLabel
 
     labels = {name: f for name, f in data.features.items() if isinstance(f, ClassLabel)}
+    if used is not None and set(used) <= set(data.column_names):
+        data = data.select_columns(used)
     rows = data.to_list()
     for row in rows:
         for name, feature in labels.items():
@@ -200,7 +204,7 @@ def local_rows(path: Path, where: str) -> Iterator[dict[str, Any]]:
 
 
 def read_saved(
-    folder: Path, split: str | None, where: str
+    folder: Path, split: str | None, where: str, used: list[str] | None = None
 ) -> tuple[list[dict[str, Any]], frozenset[str]]:
     """Rows of a `datasets.save_to_disk` folder (a Dataset, or one split of a DatasetDict),
     and its class columns."""
@@ -213,15 +217,15 @@ def read_saved(
             f"{where}: {folder} is not a `datasets.save_to_disk` folder ({exc})."
         ) from None
     if isinstance(data, Dataset):
-        return dataset_rows(data)
+        return dataset_rows(data, used)
     splits = list(data.keys())
     if split is None or split not in splits:
         raise saved_splits(folder, splits, where)
-    return dataset_rows(data[split])
+    return dataset_rows(data[split], used)
 
 
 def read_hub(
-    name: str, config: str | None, split: str, where: str
+    name: str, config: str | None, split: str, where: str, used: list[str] | None = None
 ) -> tuple[list[dict[str, Any]], frozenset[str]]:
     """Rows of a hub dataset split (from the local cache when offline), and its class columns."""
     from datasets import load_dataset
@@ -235,4 +239,4 @@ def read_hub(
             "once where the hub is reachable so that it is in the datasets cache, or save it "
             "with `datasets.save_to_disk` and point source at that folder."
         ) from None
-    return dataset_rows(data)
+    return dataset_rows(data, used)

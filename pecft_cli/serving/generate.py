@@ -17,6 +17,7 @@ from typing import Any
 
 from peft import PeftModel
 
+from pecft_cli.data.files import path_kind
 from pecft_cli.data.read import read_local
 from pecft_cli.data.tasks import encode, prompt_text
 from pecft_cli.errors import PecftError, did_you_mean
@@ -161,6 +162,12 @@ def check_context(
 def read_inputs(path: Path) -> list[str | dict[str, Any]]:
     """Inputs from a file: rows of a .jsonl/.json/.csv/.parquet file, else one prompt per line."""
     where = f"--file {path}"
+    kind = path_kind(path)
+    if kind not in ("file", "missing"):
+        what = "a folder" if kind == "folder" else kind
+        raise PecftError(
+            f"{where}: {path} is {what}, not a file of prompts; pecft did not open it."
+        )
     if path.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
         return list(read_local(path, where))
     try:

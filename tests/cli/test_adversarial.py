@@ -455,6 +455,16 @@ RUN_CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
         [*MERGE, "--weights", "nan,inf"],
         "every weight must be a finite number",
     ),
+    "eval: extra data that is a named pipe": (
+        lambda r: os.mkfifo(r.parent / "pipe.jsonl"),
+        ["eval", "{run}", "--data", "{run}/../pipe.jsonl"],
+        "pipe.jsonl is a named pipe (FIFO), not a data file or folder, so pecft did not open it",
+    ),
+    "generate: prompts from a named pipe": (
+        lambda r: os.mkfifo(r.parent / "prompts.txt"),
+        ["generate", "{run}", "--file", "{run}/../prompts.txt"],
+        "prompts.txt is a named pipe (FIFO), not a file of prompts; pecft did not open it",
+    ),
     "eval: extra data nested past any row": (
         lambda r: (r.parent / "deep.jsonl").write_text(
             '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n"

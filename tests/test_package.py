@@ -194,3 +194,53 @@ def test_no_function_takes_more_than_eight_parameters_but_the_commands() -> None
         if count > MAX_PARAMETERS and folder(module) != "cli":
             wide.append(f"{module}.{node.name}: {count} parameters")
     assert not wide, wide
+
+
+HEAVY = {"torch", "transformers", "bitsandbytes", "peft", "accelerate", "datasets"}
+# What `validate` and `train` run before their first model library, `report`, and the app itself.
+EARLY = [
+    "pecft_cli.cli.app",
+    "pecft_cli.recipe.load",
+    "pecft_cli.data.render",
+    "pecft_cli.evaluation.report",
+]
+
+
+def module_level(tree: ast.Module) -> ast.Module:
+    """The imports a module runs when it is imported: at its top level, in `try` and in `if`
+    blocks, but not under `if TYPE_CHECKING:` nor inside functions."""
+    found: list[ast.stmt] = []
+    pending = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
+            pending += node.body + node.orelse
+        elif isinstance(node, ast.Try):
+            pending += node.body + node.orelse + node.finalbody
+            pending += [stmt for handler in node.handlers for stmt in handler.body]
+    return ast.Module(body=found, type_ignores=[])
+
+
+def libraries(tree: ast.Module) -> set[str]:
+    """The top-level names of the libraries a module imports."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_what_runs_before_the_first_model_library_imports_none_at_module_level() -> None:
+    trees = {name: module_level(tree) for name, tree in modules().items()}
+    reached, pending = set(EARLY), list(EARLY)
+    while pending:
+        for target in imports(trees[pending.pop()], set(trees)) - reached:
+            reached.add(target)
+            pending.append(target)
+    heavy = {name: sorted(libraries(trees[name]) & HEAVY) for name in sorted(reached)}
+    assert "pecft_cli.data.files" in reached and "pecft_cli.cli.validate" in reached
+    assert not {name: found for name, found in heavy.items() if found}

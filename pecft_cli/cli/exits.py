@@ -14,7 +14,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.text import Text
@@ -22,6 +22,10 @@ from rich.text import Text
 from pecft_cli.cli.console import err
 from pecft_cli.errors import PecftError, bounded
 from pecft_cli.parallel.launch import launched_rank
+
+if TYPE_CHECKING:
+    from pecft_cli.data.render import RenderedTask
+    from pecft_cli.recipe.schema import Recipe
 
 BAD_INPUT = 2
 
@@ -76,6 +80,16 @@ def unwritable(exc: OSError) -> str:
 def is_main_process() -> bool:
     """Whether this process prints: the only one, or rank 0 of several."""
     return launched_rank() == 0
+
+
+def read_data(recipe: Recipe) -> dict[str, RenderedTask]:
+    """Every check that needs no model, before any model library loads: each task's data paths,
+    and every row of its local data files read and rendered (`render_local`)."""
+    from pecft_cli.data.render import render_local
+
+    if is_main_process():
+        err.print(f"reading the data of {len(recipe.tasks)} task(s)", highlight=False)
+    return render_local(recipe)
 
 
 def quiet_libraries() -> None:

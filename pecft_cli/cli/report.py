@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from pecft_cli.cli.console import out, print_json, show_results, show_routing
-from pecft_cli.cli.exits import quiet_libraries
 from pecft_cli.cli.options import JsonOption
 from pecft_cli.cli.tables import (
     comparison_table,
@@ -27,7 +26,6 @@ def report(
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
 ) -> None:
     """Show one run's matrix and metrics (and redraw eval/matrix.png), or compare several runs."""
-    quiet_libraries()
     from pecft_cli.evaluation.report import SUMMARY_FIELDS, read_results
 
     if as_json and as_csv:

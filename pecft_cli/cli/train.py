@@ -17,6 +17,7 @@ from pecft_cli.cli.exits import (
     fail,
     is_main_process,
     quiet_libraries,
+    read_data,
 )
 from pecft_cli.cli.options import JsonOption, RecipeArg, SetOption, TrustOption
 from pecft_cli.errors import Diverged, Preempted, RankDied
@@ -52,11 +53,13 @@ def train(
 
     Running the same command on an unfinished run resumes it; on a finished one it says so.
     """
-    quiet_libraries()
     from pecft_cli.recipe.load import load_recipe
-    from pecft_cli.training.loop import run
 
     parsed = load_recipe(recipe, set_)
+    rendered = read_data(parsed)
+    quiet_libraries()
+    from pecft_cli.training.loop import run
+
     if "WORLD_SIZE" not in os.environ and (num_processes != 1 or fsdp):
         raise typer.Exit(train_relaunched(parsed, num_processes, fsdp))
     with TrainProgress() as progress:
@@ -66,6 +69,7 @@ def train(
                 overwrite=overwrite,
                 trust_remote_code=trust_remote_code,
                 on_event=progress,
+                rendered=rendered,
             )
         except Preempted as exc:
             err.print(

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
 
 from pecft_cli.cli.console import out
-from pecft_cli.cli.exits import quiet_libraries
+from pecft_cli.cli.exits import quiet_libraries, read_data
 from pecft_cli.cli.options import JsonOption, RecipeArg, SetOption, TrustOption
 from pecft_cli.errors import short, short_text
 from pecft_cli.recipe.reference import Setting, StrategyHelp, strategy_help
+
+if TYPE_CHECKING:
+    from pecft_cli.recipe.schema import Recipe
+    from pecft_cli.training.preflight import Preflight
 
 ExplainOption = Annotated[
     bool,
@@ -33,51 +37,28 @@ def validate(
     explain: ExplainOption = False,
 ) -> None:
     """Check a recipe and its data and show each task's first example as the model sees it."""
-    quiet_libraries()
-    from pecft_cli.model.load import load_tokenizer
     from pecft_cli.recipe.load import load_recipe
     from pecft_cli.recipe.schema import output_dir
-    from pecft_cli.training.preflight import preflight
 
     parsed = load_recipe(recipe, set_)
+    rendered = read_data(parsed)
+    quiet_libraries()
+    from pecft_cli.model.load import load_tokenizer
+    from pecft_cli.training.preflight import preflight
+
     tokenizer = load_tokenizer(parsed.model, trust_remote_code)
-    checked = preflight(parsed, tokenizer, trust_remote_code=trust_remote_code)
-    tasks, memory = checked.tasks, checked.memory
+    checked = preflight(parsed, tokenizer, trust_remote_code=trust_remote_code, rendered=rendered)
+    tasks, memory, disk = checked.tasks, checked.memory, checked.disk
     strategy = strategy_help(parsed.strategy) if explain else None
     if as_json:
-        document = {
-            "valid": True,
-            "name": parsed.name,
-            "strategy": parsed.strategy.name,
-            "output_dir": str(output_dir(parsed)),
-            "memory": {
-                "lower_bound_bytes": memory.total,
-                "weights_bytes": memory.weights,
-                "lora_bytes": memory.lora,
-                "activation_bytes": memory.activations,
-                "capacity_bytes": memory.capacity,
-            },
-            "tasks": [
-                {
-                    "name": task.name,
-                    "metric": task.metric,
-                    "train_rows": task.train_rows,
-                    "train_too_long": task.too_long,
-                    "eval_rows": task.eval_rows,
-                    "eval_scored": len(task.eval),
-                    "first_prompt": short_text(tokenizer.decode(task.train[0].prompt_ids), 1000),
-                    "first_target": short_text(tokenizer.decode(task.train[0].target_ids), 1000),
-                }
-                for task in tasks
-            ],
-        }
+        document = json_document(parsed, checked, tokenizer)
         if strategy is not None:
             document["explain"] = asdict(strategy)
         print(json.dumps(document, indent=2, ensure_ascii=False))
         return
     out.print(
         f"[bold]{parsed.name}[/]: {len(tasks)} tasks, strategy {parsed.strategy.name}, "
-        f"output {output_dir(parsed)}\nmemory: {memory.describe()}",
+        f"output {output_dir(parsed)}\nmemory: {memory.describe()}\ndisk: {disk.describe()}",
         highlight=False,
     )
     for index, task in enumerate(tasks, start=1):
@@ -101,6 +82,46 @@ def validate(
     if strategy is not None:
         print_strategy(strategy)
     out.print("\n[green]valid[/]")
+
+
+def json_document(parsed: Recipe, checked: Preflight, tokenizer: Any) -> dict[str, Any]:
+    """What `validate --json` prints: the estimates and each task's sizes and first example."""
+    from pecft_cli.recipe.schema import output_dir
+
+    memory, disk = checked.memory, checked.disk
+    return {
+        "valid": True,
+        "name": parsed.name,
+        "strategy": parsed.strategy.name,
+        "output_dir": str(output_dir(parsed)),
+        "memory": {
+            "lower_bound_bytes": memory.total,
+            "weights_bytes": memory.weights,
+            "lora_bytes": memory.lora,
+            "activation_bytes": memory.activations,
+            "capacity_bytes": memory.capacity,
+        },
+        "disk": {
+            "lower_bound_bytes": disk.total,
+            "adapters_bytes": disk.adapters,
+            "task_loras_bytes": disk.task_loras,
+            "checkpoint_bytes": disk.checkpoint,
+            "free_bytes": disk.free,
+        },
+        "tasks": [
+            {
+                "name": task.name,
+                "metric": task.metric,
+                "train_rows": task.train_rows,
+                "train_too_long": task.too_long,
+                "eval_rows": task.eval_rows,
+                "eval_scored": len(task.eval),
+                "first_prompt": short_text(tokenizer.decode(task.train[0].prompt_ids), 1000),
+                "first_target": short_text(tokenizer.decode(task.train[0].target_ids), 1000),
+            }
+            for task in checked.tasks
+        ],
+    }
 
 
 def print_strategy(strategy: StrategyHelp) -> None:

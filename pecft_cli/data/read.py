@@ -1,16 +1,18 @@
-"""Reading a task's rows: local files with the standard library, so that a broken row is
-reported by its line; `save_to_disk` folders and hub datasets through `datasets`.
+"""Reading a task's rows: local files as a stream (`files`), so that a broken row is reported by
+its line; `save_to_disk` folders and hub datasets through `datasets`. Where a split comes from is
+checked first, without `datasets`, so a wrong path is refused before any model library loads.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pecft_cli.data.files import file_rows, missing_file, path_kind, refuse_kind
 from pecft_cli.errors import PecftError, did_you_mean, first_line, listing, short
 from pecft_cli.recipe.schema import TaskSection
 
@@ -61,23 +63,80 @@ def relabel(
 
 
 def read_split(task: TaskSection, split: str) -> Rows:
-    """A split as its source holds it: a local file or folder, a saved dataset, or the hub."""
+    """A split as its source holds it: a local file or folder, a saved dataset, or the hub.
+    Rows keep only the fields the task uses (all of them when one is missing, for the message
+    that names it)."""
     where = f"tasks '{task.name}' {split}"
     reference = task.train if split == "train" else task.eval
+    kind, used = split_source(task, split), task.row_fields()
+    if kind == "file":
+        rows = [slim(row, used) for row in file_rows(Path(reference), where)]
+        return Rows(rows).named(reference)
     if task.source is None:
-        if Path(reference).is_dir():
-            return Rows(*read_saved(Path(reference), None, where)).named(reference)
-        return Rows(read_local(Path(reference), where)).named(reference)
-    source = Path(task.source)
+        return Rows(*read_saved(Path(reference), None, where, used)).named(reference)
     described = f"{task.source} [{reference}]"
-    if source.is_dir():
-        return Rows(*read_saved(source, reference, where)).named(described)
-    if source.is_absolute():
+    if kind == "saved":
+        return Rows(*read_saved(Path(task.source), reference, where, used)).named(described)
+    return Rows(*read_hub(task.source, task.config, reference, where, used)).named(described)
+
+
+def slim(row: dict[str, Any], used: list[str]) -> dict[str, Any]:
+    """The row with only the fields in `used`, when it has them all."""
+    if all(row.get(name) is not None for name in used):
+        return {name: row[name] for name in used}
+    return row
+
+
+def split_source(task: TaskSection, split: str) -> str:
+    """Where a split's rows come from, "file", "saved" (a `save_to_disk` folder) or "hub",
+    checked without opening a data file or importing `datasets`."""
+    where = f"tasks '{task.name}' {split}"
+    reference = task.train if split == "train" else task.eval
+    path = Path(task.source or reference)
+    kind = path_kind(path)
+    if kind == "folder":
+        check_saved(path, reference if task.source else None, where)
+        return "saved"
+    if task.source is None:
+        if kind == "file":
+            return "file"
+        raise missing_file(path, where) if kind == "missing" else refuse_kind(path, kind, where)
+    if not path.is_absolute():
+        return "hub"
+    if kind in ("missing", "file"):
+        what = "does not exist" if kind == "missing" else "is a file"
         raise PecftError(
-            f"{where}: source {task.source} does not exist. Give a `datasets.save_to_disk` folder "
-            "or a hub dataset id as source, or drop source and name data files in train and eval."
+            f"{where}: source {task.source} {what}. Give a `datasets.save_to_disk` folder or a "
+            "hub dataset id as source, or drop source and name data files in train and eval."
         )
-    return Rows(*read_hub(task.source, task.config, reference, where)).named(described)
+    raise refuse_kind(path, kind, where)
+
+
+def check_saved(folder: Path, split: str | None, where: str) -> None:
+    """Refuse a folder that `datasets.load_from_disk` would not read, or a split it lacks, by
+    the files `save_to_disk` writes (as `load_from_disk` tells them apart)."""
+    if (folder / "dataset_info.json").is_file() and (folder / "state.json").is_file():
+        return
+    listed = folder / "dataset_dict.json"
+    if not listed.is_file():
+        raise PecftError(
+            f"{where}: {folder} is not a `datasets.save_to_disk` folder (it holds neither "
+            "state.json nor dataset_dict.json)."
+        )
+    try:
+        splits = json.loads(listed.read_text(encoding="utf-8"))["splits"]
+        names = [str(name) for name in splits]
+    except (OSError, ValueError, TypeError, KeyError):
+        return  # `datasets` says what is wrong with it
+    if split not in names:
+        raise saved_splits(folder, names, where)
+
+
+def saved_splits(folder: Path, splits: list[str], where: str) -> PecftError:
+    return PecftError(
+        f"{where}: {folder} holds the splits {listing(splits)}; set `source: {folder}` and name "
+        "one of them as the task's train or eval."
+    )
 
 
 def per_class(
@@ -105,12 +164,17 @@ def per_class(
     return [read.rows[index] for index in sorted(kept)]
 
 
-def dataset_rows(data: Any) -> tuple[list[dict[str, Any]], frozenset[str]]:
-    """A `datasets.Dataset` as rows, a `ClassLabel` column's integers written as the class
-    names (so a target on it yields "sports", not "1"), and the names of those columns."""
+def dataset_rows(
+    data: Any, used: list[str] | None = None
+) -> tuple[list[dict[str, Any]], frozenset[str]]:
+    """A `datasets.Dataset` as rows (of the `used` columns only, when it has them all), a
+    `ClassLabel` column's integers written as the class names (so a target on it yields
+    "sports", not "1"), and the names of those columns."""
     from datasets import ClassLabel
 
     labels = {name: f for name, f in data.features.items() if isinstance(f, ClassLabel)}
+    if used is not None and set(used) <= set(data.column_names):
+        data = data.select_columns(used)
     rows = data.to_list()
     for row in rows:
         for name, feature in labels.items():
@@ -122,105 +186,25 @@ def dataset_rows(data: Any) -> tuple[list[dict[str, Any]], frozenset[str]]:
 
 def read_local(path: Path, where: str) -> list[dict[str, Any]]:
     """Rows of a local jsonl, json, csv or parquet file, or of a saved dataset folder."""
-    if path.is_dir():
-        return read_saved(path, None, where)[0]
-    if not path.is_file():
-        raise PecftError(
-            f"{where}: data file {path} does not exist. Give a .jsonl, .json, .csv or .parquet "
-            "file, or a `datasets.save_to_disk` folder (relative paths are taken from the "
-            "recipe's folder)."
-        )
-    suffix = path.suffix.lower()
-    readers = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv, ".parquet": read_parquet}
-    if suffix not in readers:
-        raise PecftError(
-            f"{where}: {path} has an unknown extension '{suffix}'; use .jsonl, .json, .csv or "
-            ".parquet."
-        )
-    try:
-        return readers[suffix](path)
-    except UnicodeDecodeError as exc:
-        raise PecftError(
-            f"{where}: {path} is not UTF-8 text (byte {exc.start}: {exc.reason}). "
-            "Re-save it as UTF-8."
-        ) from None
+    return list(local_rows(path, where))
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PecftError(f"{path}, line {number}: not valid JSON ({exc.msg}).") from None
-            except (RecursionError, ValueError) as exc:
-                raise PecftError(f"{path}, line {number}: {unreadable_json(exc)}") from None
-            if not isinstance(row, dict):
-                raise PecftError(
-                    f"{path}, line {number}: each line must be a JSON object with named fields; "
-                    f"found {type(row).__name__}."
-                )
-            rows.append(row)
-    return rows
-
-
-def read_json(path: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PecftError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}).") from None
-    except (RecursionError, ValueError) as exc:
-        raise PecftError(f"{path}: {unreadable_json(exc)}") from None
-    if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
-        raise PecftError(
-            f"{path}: a .json data file must hold a list of objects with named fields."
-        )
-    return data
-
-
-def unreadable_json(exc: BaseException) -> str:
-    """Valid JSON that Python will not read: nested too deeply, or a number too long."""
-    if isinstance(exc, RecursionError):
-        return "JSON nested too deeply to read; a row holds text fields and lists of strings."
-    return f"JSON that cannot be read ({first_line(exc)})."
-
-
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    csv.field_size_limit(CSV_FIELD_LIMIT)
-    rows = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        try:
-            header = reader.fieldnames or []
-            for row in reader:
-                if None in row or any(value is None for value in row.values()):
-                    raise PecftError(
-                        f"{path}, line {reader.line_num}: the row has a different number of "
-                        f"fields from the header ({len(header)}: {listing(header)})."
-                    )
-                rows.append(row)
-        except csv.Error as exc:
-            raise PecftError(f"{path}, line {reader.line_num}: not valid CSV ({exc}).") from None
-    return rows
-
-
-CSV_FIELD_LIMIT = 2**30  # a long document is a legitimate field; Python's default is 128 KiB
-
-
-def read_parquet(path: Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(path).to_pylist()
-    except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
-        raise PecftError(f"{path}: not a readable parquet file ({first_line(exc)}).") from None
+def local_rows(path: Path, where: str) -> Iterator[dict[str, Any]]:
+    """The rows of a local file as a stream, or of a saved dataset folder; a path that is
+    neither a regular file nor a folder is refused without being opened."""
+    kind = path_kind(path)
+    if kind == "folder":
+        yield from read_saved(path, None, where)[0]
+    elif kind == "missing":
+        raise missing_file(path, where)
+    elif kind != "file":
+        raise refuse_kind(path, kind, where)
+    else:
+        yield from file_rows(path, where)
 
 
 def read_saved(
-    folder: Path, split: str | None, where: str
+    folder: Path, split: str | None, where: str, used: list[str] | None = None
 ) -> tuple[list[dict[str, Any]], frozenset[str]]:
     """Rows of a `datasets.save_to_disk` folder (a Dataset, or one split of a DatasetDict),
     and its class columns."""
@@ -233,18 +217,15 @@ def read_saved(
             f"{where}: {folder} is not a `datasets.save_to_disk` folder ({exc})."
         ) from None
     if isinstance(data, Dataset):
-        return dataset_rows(data)
+        return dataset_rows(data, used)
     splits = list(data.keys())
     if split is None or split not in splits:
-        raise PecftError(
-            f"{where}: {folder} holds the splits {', '.join(splits)}; set `source: {folder}` "
-            "and name one of them as the task's train or eval."
-        )
-    return dataset_rows(data[split])
+        raise saved_splits(folder, splits, where)
+    return dataset_rows(data[split], used)
 
 
 def read_hub(
-    name: str, config: str | None, split: str, where: str
+    name: str, config: str | None, split: str, where: str, used: list[str] | None = None
 ) -> tuple[list[dict[str, Any]], frozenset[str]]:
     """Rows of a hub dataset split (from the local cache when offline), and its class columns."""
     from datasets import load_dataset
@@ -258,4 +239,4 @@ def read_hub(
             "once where the hub is reachable so that it is in the datasets cache, or save it "
             "with `datasets.save_to_disk` and point source at that folder."
         ) from None
-    return dataset_rows(data)
+    return dataset_rows(data, used)

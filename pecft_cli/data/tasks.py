@@ -1,17 +1,27 @@
-"""Task data: each row of a task's source rendered into a prompt and a target, and tokenized."""
+"""Task data: each row of a task's source rendered into a prompt and a target, and tokenized.
+
+A training row whose text cannot fit `max_length` tokens is skipped before it is tokenized, by a
+bound on its characters: no token of the tokenizer covers more characters than its longest entry,
+so text longer than `max_length` times that (four times over, for normalizers that fold several
+characters into one) cannot fit. Tokenizing is the slow part of reading data, and a field of
+megabytes would otherwise take minutes; an eval prompt past that bound for the model's context is
+refused the same way.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import PreTrainedTokenizerBase
-
-from pecft_cli.data.read import read_rows
-from pecft_cli.errors import PecftError, did_you_mean, listing, short
+from pecft_cli.data.render import Rendered, RenderedTask, render, render_task
+from pecft_cli.errors import PecftError
 from pecft_cli.recipe.schema import Recipe, TaskSection
 from pecft_cli.recipe.sections import Metric
-from pecft_cli.recipe.template import fill, template_fields
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+FOLDING = 4  # characters a normalizer may fold into one, at most, in the length bound
 
 
 @dataclass
@@ -45,24 +55,15 @@ class TaskData:
     sources: dict[str, str] = field(default_factory=dict)
 
 
-def render(template: str, row: dict[str, Any], where: str, what: str) -> str:
-    """Fill a template's {field} placeholders from a row, naming the row if a field is missing."""
-    missing = [name for name in template_fields(template) if row.get(name) is None]
-    if missing:
-        present = listing(list(row))
-        raise PecftError(
-            f"{where}: the {what} template names the field '{missing[0]}', which this row lacks "
-            f"or leaves empty{did_you_mean(missing[0], [str(k) for k in row]) or '.'} "
-            f"Fields present: {present}."
-        )
-    return fill(template, row)
-
-
 def prompt_text(
     task: TaskSection, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, where: str
 ) -> str:
     """The prompt as the model reads it, wrapped in the chat template when the task asks."""
-    text = render(task.prompt, row, where, "prompt")
+    return chat_prompt(task, render(task.prompt, row, where, "prompt"), tokenizer)
+
+
+def chat_prompt(task: TaskSection, text: str, tokenizer: PreTrainedTokenizerBase) -> str:
+    """A rendered prompt in the tokenizer's chat template, when the task asks for it."""
     if not task.chat:
         return text
     if not getattr(tokenizer, "chat_template", None):
@@ -106,29 +107,12 @@ def continuation_ids(
 
 
 def build_example(
-    task: TaskSection,
-    row: dict[str, Any],
-    number: int,
-    tokenizer: PreTrainedTokenizerBase,
-    where: str,
+    task: TaskSection, rendered: Rendered, tokenizer: PreTrainedTokenizerBase
 ) -> Example:
-    """Render and tokenize one row; the target ends with the end-of-sequence token."""
-    prompt = prompt_text(task, row, tokenizer, where)
-    target = render(task.target_template(), row, where, "target")
-    if not target.strip():
-        raise PecftError(f"{where}: the target is empty; every row needs a non-empty answer.")
-    choices = row_choices(task, row, where)
-    label = None
-    if choices is not None:
-        stripped = [choice.strip() for choice in choices]
-        if target.strip() not in stripped:
-            raise PecftError(
-                f"{where}: the target '{target.strip()}' is not one of the choices "
-                f"({', '.join(stripped)})."
-            )
-        label = stripped.index(target.strip())
+    """Tokenize one rendered row; the target ends with the end-of-sequence token."""
+    prompt, target = chat_prompt(task, rendered.prompt, tokenizer), rendered.target
     # The choices keep their own text: acc_norm divides by its length, as the harness does.
-    spoken = choices
+    spoken = choices = rendered.choices
     if not task.chat:
         bare_prompt, target = split_space(prompt, target)
         if choices is not None:
@@ -141,75 +125,66 @@ def build_example(
         return continuation_ids(tokenizer, prompt_ids, prompt, answer, special)
 
     return Example(
-        row=number,
+        row=rendered.row,
         prompt=prompt,
         target=target,
         prompt_ids=prompt_ids,
         target_ids=answer_ids(target) + [tokenizer.eos_token_id],
         choices=choices,
         choice_ids=[answer_ids(c) for c in spoken] if spoken else None,
-        label=label,
+        label=rendered.label,
     )
 
 
-def row_choices(task: TaskSection, row: dict[str, Any], where: str) -> list[str] | None:
-    """The row's answer options: the task's fixed list, or the list in the named field."""
-    if task.choices is None or isinstance(task.choices, list):
-        return task.choices
-    value = row.get(task.choices)
-    if not isinstance(value, list) or len(value) < 2 or not all(isinstance(v, str) for v in value):
-        raise PecftError(
-            f"{where}: choices names the field '{task.choices}', which must hold a list of at "
-            f"least two strings in every row; found {short(value)}."
-        )
-    return value
+def token_characters(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The most characters of text one token can stand for: the longest vocabulary entry."""
+    return max(map(len, tokenizer.get_vocab()), default=1) * FOLDING
 
 
 def load_task(
-    task: TaskSection, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, train: bool = True
+    task: TaskSection,
+    recipe: Recipe,
+    tokenizer: PreTrainedTokenizerBase,
+    train: bool = True,
+    rendered: RenderedTask | None = None,
+    context: int | None = None,
 ) -> TaskData:
-    """Read, render and tokenize a task's train and eval data, checking every row.
+    """Tokenize a task's train and eval rows, read and rendered here unless `rendered` has them.
 
-    `train=False` reads the eval split only, for scoring a run that is already trained.
+    `train=False` reads the eval split only, for scoring a run that is already trained. With the
+    model's `context` length, an eval prompt that cannot fit it is refused before tokenizing.
     """
-    splits: dict[str, list[Example]] = {"train": []}
-    sources = {}
-    for split in ("train", "eval") if train else ("eval",):
-        read = read_rows(task, split)
-        rows, described = read.rows, read.described
-        if not rows:
-            raise PecftError(
-                f"tasks '{task.name}' {split}: {described} holds no rows; every task needs "
-                f"{split} examples."
-            )
-        splits[split] = [
-            build_example(
-                task,
-                row,
-                number,
-                tokenizer,
-                f"tasks '{task.name}' {split} ({described}), row {number}",
-            )
-            for number, row in enumerate(rows, start=1)
-        ]
-        sources[split] = described
+    rendered = rendered or render_task(task, train)
+    per_token = token_characters(tokenizer)
     max_length = recipe.task_training(task).max_length
-    kept = [example for example in splits["train"] if len(example) <= max_length]
+    rows = rendered.splits["train"] if train else []
+    fit = [row for row in rows if row.characters <= max_length * per_token]
+    examples = (build_example(task, row, tokenizer) for row in fit)
+    kept = [example for example in examples if len(example) <= max_length]
     if train and not kept:
         raise PecftError(
             f"tasks '{task.name}' train: every example is longer than training.max_length "
             f"({max_length} tokens); raise max_length or shorten the prompt."
         )
     limit = recipe.evaluation.limit
+    scored = rendered.splits["eval"][:limit] if limit else rendered.splits["eval"]
+    for row in scored if context is not None else []:
+        if len(row.prompt) > context * per_token:
+            raise PecftError(
+                f"tasks '{task.name}' eval, row {row.row}: the prompt's {len(row.prompt):,} "
+                f"characters go past the model's context length of {context} tokens however "
+                f"they are tokenized (a token stands for {per_token} characters at most); "
+                "shorten the prompt."
+            )
     data = TaskData(
         name=task.name,
         metric=recipe.task_metric(task),
         train=kept,
-        eval=splits["eval"][:limit] if limit else splits["eval"],
-        train_rows=len(splits["train"]),
-        eval_rows=len(splits["eval"]),
-        too_long=len(splits["train"]) - len(kept),
-        sources=sources,
+        eval=[build_example(task, row, tokenizer) for row in scored],
+        train_rows=len(rows),
+        eval_rows=len(rendered.splits["eval"]),
+        too_long=len(rows) - len(kept),
+        sources=rendered.sources,
     )
     if data.metric == "choice" and task.choices is None:
         raise PecftError(

@@ -54,3 +54,9 @@ def sort_target_modules(path: Path) -> None:
     if isinstance(modules, list) and modules != sorted(modules):
         config["target_modules"] = sorted(modules)
         path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")  # as PEFT
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """The trainable and the total number of weights of a model."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

@@ -21,6 +21,7 @@ from pecft_cli.recipe.sections import (
     LoraSection,
     Metric,
     ModelSection,
+    OutputSection,
     Section,
     StrategySection,
     TrainingOverride,
@@ -98,15 +99,23 @@ class TaskSection(Section):
                 template_fields(template)
             except ValueError as exc:
                 raise ValueError(f"task '{self.name}', {key} template: {exc}") from None
-        named = len(template_fields(self.target_template()))
+        named = template_fields(self.target_template())
         for key in ("per_class", "labels"):
-            if getattr(self, key) is not None and named != 1:
+            if getattr(self, key) is not None and (len(named) != 1 or "." in named[0]):
+                inside = " and picks inside it" if len(named) == 1 else ""
                 raise ValueError(
                     f"task '{self.name}', {key}: it works on the classes of the one field the "
-                    f"target names, and the target '{self.target}' names {named}; give a target "
-                    "of one field."
+                    f"target names, and the target '{self.target}' names {len(named)}{inside}; "
+                    "give a target of one field."
                 )
         return self
+
+    def row_fields(self) -> list[str]:
+        """The fields of a row this task reads: those its templates name (a dotted placeholder
+        reads its first), and the field that holds each row's choices."""
+        named = template_fields(self.prompt) + template_fields(self.target_template())
+        own = [self.choices] if isinstance(self.choices, str) else []
+        return list(dict.fromkeys([name.split(".")[0] for name in named] + own))
 
     def class_field(self) -> str:
         """The field whose values are the classes of `per_class`: the one the target names."""
@@ -145,6 +154,9 @@ class Recipe(Section):
         EvaluationSection(), description="how every task is scored after every stage"
     )
     logging: LoggingSection = Field(LoggingSection(), description="experiment trackers")
+    output: OutputSection = Field(
+        OutputSection(), description="what the run folder keeps of each stage"
+    )
     tasks: Annotated[
         list[TaskSection],
         Field(min_length=1, description="the stream, in this order unless `order` names another"),
@@ -166,6 +178,17 @@ class Recipe(Section):
             if task.name in seen:
                 raise ValueError(f"task name '{task.name}' appears twice; task names must differ")
             seen.add(task.name)
+        return self
+
+    @model_validator(mode="after")
+    def _kept_for_routing(self) -> Recipe:
+        if self.output.stage_adapters == "last" and self.strategy.routes_stages:
+            raise ValueError(
+                "output.stage_adapters: last keeps only the latest stage's adapter, and routing "
+                f"{self.strategy.routing} serves each input with the adapter of the stage after "
+                "its own task, which `pecft eval` and `pecft generate` read from adapters/; keep "
+                "all, or use routing arrow, which reads task_loras/"
+            )
         return self
 
     @model_validator(mode="after")

@@ -230,6 +230,12 @@ class StrategySection(Section):
         """Whether a router serves each input (the only test of the routing mode's name)."""
         return self.routing != "none"
 
+    @property
+    def routes_stages(self) -> bool:
+        """Whether the mode chooses between the saved stages' adapters (a router, which reads
+        strategy.router, does; Arrow mixes the task LoRAs)."""
+        return ROUTER_SECTIONS.get(self.routing) == "router"
+
 
 class TrainingSection(Section):
     """Optimisation settings; every task may override any of them."""
@@ -348,6 +354,19 @@ class EvaluationSection(Section):
         if any(not text for text in value):
             raise ValueError("a stop string cannot be empty")
         return value
+
+
+class OutputSection(Section):
+    """What the run folder keeps of each stage."""
+
+    stage_adapters: Literal["all", "last"] = Field(
+        "all",
+        description="all: adapters/ keeps the model after every stage; last: only after the "
+        "latest stage, each earlier one deleted once the next is written. Stacked strategies "
+        "(inclora, olora, inflora) write a rank r*k adapter at stage k, so with all, adapters/ "
+        "grows with the square of the task count; task_loras/ keeps every task's own LoRA "
+        "either way. `pecft eval` scores the stages kept; routing: prototype needs all",
+    )
 
 
 Tracker = Literal[

@@ -118,26 +118,35 @@ class Traits:
     routes: bool = False  # keeps a LoRA per task that a router can choose
     full_precision_only: bool = False  # refuses a 4-bit or 8-bit base
     replays: bool = False  # its own options are replay options
+    stage_adapter: Literal["lora", "stack", "full"] = "lora"  # rank r, r*k at stage k, or full
+    one_stage: bool = False  # trains every task at once
 
 
 TRAITS: dict[str, Traits] = {
     "seq": Traits("one LoRA trained through every task in turn: the baseline that forgets"),
-    "inclora": Traits("a new LoRA per task, the earlier ones frozen but still active", routes=True),
+    "inclora": Traits(
+        "a new LoRA per task, the earlier ones frozen but still active",
+        routes=True,
+        stage_adapter="stack",
+    ),
     "olora": Traits(
         "IncLoRA plus a loss keeping each new LoRA orthogonal to the earlier ones (Wang et al. "
         "2023)",
         OLoraOptions,
         routes=True,
+        stage_adapter="stack",
     ),
     "inflora": Traits(
         "each new LoRA's A fixed outside the earlier tasks' input subspace, only B trained "
         "(Liang and Li 2024)",
         InfLoraOptions,
         routes=True,
+        stage_adapter="stack",
     ),
     "osf": Traits(
         "orthogonal subspace fine-tuning of the base weights through PEFT's OSF",
         full_precision_only=True,
+        stage_adapter="full",
     ),
     "separate": Traits("a LoRA per task, each trained from the base alone", routes=True),
     "chain": Traits("a LoRA per task, each started from the one before", routes=True),
@@ -148,7 +157,9 @@ TRAITS: dict[str, Traits] = {
         replays=True,
     ),
     "joint": Traits(
-        "one LoRA on every task's data at once: the usual upper bound", takes_replay=False
+        "one LoRA on every task's data at once: the usual upper bound",
+        takes_replay=False,
+        one_stage=True,
     ),
     "ewc": Traits("one LoRA with EWC's penalty (Kirkpatrick et al. 2017)", EwcOptions),
     "lwf": Traits("one LoRA with LwF's distillation (Li and Hoiem 2016)", LwfOptions),

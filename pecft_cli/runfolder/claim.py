@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pecft_cli.errors import PecftError
+from pecft_cli.recipe.schema import Recipe
 from pecft_cli.runfolder.layout import RunFolder
 from pecft_cli.runfolder.state import RunState, now, read_state
 
@@ -77,7 +78,8 @@ def check_output_folder(root: Path) -> None:
 
 
 def same_recipe(path: Path, recipe_text: str) -> bool:
-    """Whether a run folder's recipe.yaml is this recipe (whichever pecft version wrote it)."""
+    """Whether a run folder's recipe.yaml is this recipe (whichever pecft version wrote it, so
+    a key it did not know counts at its default)."""
     import yaml
 
     try:
@@ -87,9 +89,18 @@ def same_recipe(path: Path, recipe_text: str) -> bool:
     wanted = yaml.safe_load(recipe_text)
     if not isinstance(written, dict):
         return False
-    written.pop("pecft_version", None)
-    wanted.pop("pecft_version", None)
-    return written == wanted
+    return with_defaults(written) == with_defaults(wanted)
+
+
+def with_defaults(raw: dict[str, Any]) -> Any:
+    """A recipe mapping with every key the schema has, or as it is when it does not validate."""
+    from pydantic import ValidationError
+
+    raw.pop("pecft_version", None)
+    try:
+        return Recipe.model_validate(raw).model_dump(mode="json")
+    except ValidationError:
+        return raw
 
 
 def own(root: Path) -> bool:

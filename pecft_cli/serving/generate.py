@@ -17,6 +17,7 @@ from typing import Any
 
 from peft import PeftModel
 
+from pecft_cli.data.files import path_kind
 from pecft_cli.data.read import read_local
 from pecft_cli.data.tasks import encode, prompt_text
 from pecft_cli.errors import PecftError, did_you_mean
@@ -158,6 +159,12 @@ def check_context(
 def read_inputs(path: Path) -> list[str | dict[str, Any]]:
     """Inputs from a file: rows of a .jsonl/.json/.csv/.parquet file, else one prompt per line."""
     where = f"--file {path}"
+    kind = path_kind(path)
+    if kind not in ("file", "missing"):
+        what = "a folder" if kind == "folder" else kind
+        raise PecftError(
+            f"{where}: {path} is {what}, not a file of prompts; pecft did not open it."
+        )
     if path.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
         return list(read_local(path, where))
     try:
@@ -226,7 +233,7 @@ def text_row(task: TaskSection, text: str, where: str) -> dict[str, Any]:
         if isinstance(row, dict):
             return row
     fields = template_fields(task.prompt)
-    if len(fields) != 1:
+    if len(fields) != 1 or "." in fields[0]:
         raise PecftError(
             f"{where}: the prompt template of task '{task.name}' has the fields "
             f"{', '.join(fields) or '(none)'}; give each input as a JSON object with them, e.g. "

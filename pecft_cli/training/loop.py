@@ -26,8 +26,10 @@ from typing import Any
 import torch
 from accelerate.utils import set_seed
 
+from pecft_cli.data.render import RenderedTask
 from pecft_cli.errors import Diverged, PecftError, Preempted, bounded
 from pecft_cli.events import EventCallback, ignore
+from pecft_cli.model.adapters import parameter_counts
 from pecft_cli.model.load import load_model, load_tokenizer
 from pecft_cli.parallel import sharding
 from pecft_cli.parallel.distributed import cuda_devices, on_main, process_group
@@ -56,6 +58,7 @@ from pecft_cli.training.checkpoint import (
     write_checkpoint,
 )
 from pecft_cli.training.context import RunContext
+from pecft_cli.training.disk import keep_stage_adapters
 from pecft_cli.training.model_card import write_card
 from pecft_cli.training.preflight import preflight
 from pecft_cli.training.routes import learn_routes
@@ -84,11 +87,12 @@ def run(
     overwrite: bool = False,
     trust_remote_code: bool = False,
     on_event: EventCallback = ignore,
+    rendered: dict[str, RenderedTask] | None = None,
 ) -> TrainResult:
     """Train the recipe's tasks in order and write the run folder, or resume an unfinished one.
 
     `trust_remote_code` is the caller's half of the two-key opt-in to a model's own Python code;
-    the recipe's `model.trust_remote_code` is the other.
+    the recipe's `model.trust_remote_code` is the other. `rendered`: tasks already read.
     """
     started = time.perf_counter()
     accelerator = process_group()
@@ -97,7 +101,8 @@ def run(
     set_seed(recipe.seed)
     on_event("status", {"message": "loading tokenizer and data"})
     tokenizer = load_tokenizer(recipe.model, trust_remote_code)
-    tasks = preflight(recipe, tokenizer, accelerator.num_processes, trust_remote_code).tasks
+    processes = accelerator.num_processes
+    tasks = preflight(recipe, tokenizer, processes, trust_remote_code, rendered).tasks
     names = [task.name for task in tasks]
     strategy, replay = build_strategy(recipe.strategy, recipe.lora, names, recipe.seed)
     strategy.sharded = sharding.requested(accelerator)
@@ -301,6 +306,9 @@ class TaskLoop:
         with torch.random.fork_rng(devices=cuda_devices(ctx.accelerator)):
             adapter = ctx.folder.adapter(stage.index, stage.name)
             write_folder(adapter, partial(ctx.strategy.save_adapter, ctx.model, stage))
+            keep_stage_adapters(
+                ctx.folder, ctx.state.stages, stage.index, ctx.recipe.output.stage_adapters
+            )
             ctx.strategy.save_extras(ctx.model, stage, ctx.folder)
             if ctx.replay is not None:
                 ctx.replay.save(ctx.folder, [stage.name for stage in self.stages])
@@ -384,8 +392,3 @@ def run_status(exc: BaseException) -> str:
     if isinstance(exc, Diverged):
         return "diverged"
     return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-
-
-def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())

@@ -15,22 +15,24 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from pecft_cli.data.render import RenderedTask
 from pecft_cli.data.tasks import TaskData, load_task
 from pecft_cli.errors import PecftError
 from pecft_cli.model.load import check_lora_targets, context_length, model_dtype, model_skeleton
 from pecft_cli.parallel import distributed
 from pecft_cli.recipe.schema import Recipe
+from pecft_cli.training.disk import DiskEstimate, check_disk, size
 
 ADAM_BYTES = 16  # a float32 trainable weight, its gradient and AdamW's two moments
-GIB = 2**30
 
 
 @dataclass
 class Preflight:
-    """A recipe's tasks, read and checked, and the memory its training needs at least."""
+    """A recipe's tasks, read and checked, and the memory and disk its training needs at least."""
 
     tasks: list[TaskData]
     memory: MemoryEstimate
+    disk: DiskEstimate
 
 
 def preflight(
@@ -38,12 +40,21 @@ def preflight(
     tokenizer: PreTrainedTokenizerBase,
     processes: int = 1,
     trust_remote_code: bool = False,
+    rendered: dict[str, RenderedTask] | None = None,
 ) -> Preflight:
-    """Read and check every task's data and every model-dependent range of the recipe."""
+    """Read and check every task's data and every model-dependent range of the recipe.
+
+    `rendered` holds the tasks `render_local` already read, which are not read again."""
     skeleton = model_skeleton(recipe.model, trust_remote_code)
     check_lora_targets(recipe.lora, skeleton)
-    tasks = [load_task(task, recipe, tokenizer) for task in recipe.tasks]
-    return Preflight(tasks, check_limits(recipe, skeleton, tasks, processes))
+    context = context_length(skeleton.config)
+    given = rendered or {}
+    tasks = [
+        load_task(task, recipe, tokenizer, rendered=given.get(task.name), context=context)
+        for task in recipe.tasks
+    ]
+    memory = check_limits(recipe, skeleton, tasks, processes)
+    return Preflight(tasks, memory, check_disk(recipe, lora_layers(recipe, skeleton)))
 
 
 def lora_layers(recipe: Recipe, skeleton: PreTrainedModel) -> dict[str, torch.nn.Linear]:
@@ -120,14 +131,6 @@ class MemoryEstimate:
             f"training state {size(self.lora)}, activations of one micro-batch "
             f"{size(self.activations)}) of {size(self.capacity)} {self.device}"
         )
-
-
-def size(count: int) -> str:
-    """Bytes in the unit a person reads at a glance."""
-    for unit, scale in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
-        if count >= scale:
-            return f"{count / scale:.1f} {unit}"
-    return f"{count} bytes"
 
 
 def estimate_memory(

@@ -2,6 +2,7 @@
 where, no traceback, and leaves everything already on disk as it was."""
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +75,75 @@ def output_is_a_file(folder: Path) -> list:
     return ["train", folder / "recipe.yaml"]
 
 
+def data_path(make: Callable[[Path], Path], task: str = "tasks.0.train") -> Setup:
+    """A data path made by `make` (a FIFO, a link loop...) given to the first task."""
+    return lambda folder: ["train", folder / "recipe.yaml", "--set", f"{task}={make(folder)}"]
+
+
+def fifo(folder: Path) -> Path:
+    os.mkfifo(folder / "pipe.jsonl")
+    return folder / "pipe.jsonl"
+
+
+def link_loop(folder: Path) -> Path:
+    (folder / "a.jsonl").symlink_to(folder / "b.jsonl")
+    (folder / "b.jsonl").symlink_to(folder / "a.jsonl")
+    return folder / "a.jsonl"
+
+
+def dangling_link(folder: Path) -> Path:
+    (folder / "a.jsonl").symlink_to(folder / "moved.jsonl")
+    return folder / "a.jsonl"
+
+
+def source_is_a_fifo(folder: Path) -> list:
+    splits = ["--set", "tasks.0.train=train", "--set", "tasks.0.eval=test"]
+    return data_path(fifo, "tasks.0.source")(folder) + splits
+
+
+def saved_without_the_split(folder: Path) -> list:
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"country": c, "code": k} for c, k in (("France", "FRA"), ("Japan", "JPN"))]
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(folder / "saved"))
+    splits = ["--set", "tasks.0.train=train", "--set", "tasks.0.eval=validation"]
+    return ["train", folder / "recipe.yaml", "--set", f"tasks.0.source={folder / 'saved'}", *splits]
+
+
+def answers(value: object, target: str) -> Setup:
+    def setup(folder: Path) -> list:
+        write_jsonl(folder / "data/codes/train.jsonl", [{"country": "France", "code": value}])
+        return ["train", folder / "recipe.yaml", "--set", f"tasks.0.target={target}"]
+
+    return setup
+
+
+def one_row(relative: str, size: int, field: str = "country") -> Setup:
+    """A data file whose only row holds a field of `size` characters, written when run."""
+
+    def setup(folder: Path) -> list:
+        (folder / relative).write_text(
+            '{"' + field + '": "' + "x" * size + '", "code": "FRA", "q": "x", "a": "yes"}\n'
+        )
+        return ["train", folder / "recipe.yaml"]
+
+    return setup
+
+
+def csv_data(text: str) -> Setup:
+    return lambda folder: (
+        rewrite("data/codes/train.csv", text)(folder)
+        + ["--set", "tasks.0.train=data/codes/train.csv"]
+    )
+
+
+def json_data(text: str) -> Setup:
+    return lambda folder: (
+        rewrite("data/codes/train.json", text)(folder)
+        + ["--set", "tasks.0.train=data/codes/train.json"]
+    )
+
+
 ALIAS_BOMB = (
     "name: x\nmodel: x\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
     + "".join(
@@ -136,7 +206,7 @@ TRAIN_CASES: dict[str, tuple[Setup, str]] = {
     ),
     "template with attribute access": (
         recipe_case("tasks.0.prompt={country.__class__}"),
-        "indexes or reads an attribute",
+        "'country' holds text, which has no '__class__'",
     ),
     "yaml aliases that expand to millions": (
         rewrite("recipe.yaml", ALIAS_BOMB),
@@ -213,6 +283,67 @@ TRAIN_CASES: dict[str, tuple[Setup, str]] = {
     "output folder of someone else": (occupied_output, "not a pecft run"),
     "output path is a file": (output_is_a_file, "is not a folder"),
     "recipe from a newer pecft": (newer_recipe, "newer than this pecft"),
+    "data file that is a named pipe": (
+        data_path(fifo),
+        "pipe.jsonl is a named pipe (FIFO), not a data file or folder, so pecft did not open it",
+    ),
+    "data file that is a device": (
+        data_path(lambda f: Path("/dev/zero")),
+        "/dev/zero is a character device, not a data file or folder",
+    ),
+    "data file that is a loop of links": (data_path(link_loop), "is a loop of symbolic links"),
+    "data file that is a dangling link": (
+        data_path(dangling_link),
+        "is a symbolic link to a path that does not exist",
+    ),
+    "source that is a named pipe": (source_is_a_fifo, "pipe.jsonl is a named pipe (FIFO)"),
+    "saved dataset without the split": (saved_without_the_split, "holds the splits train;"),
+    "list in a target field": (
+        answers(["FRA"], "code"),
+        "row 1: the target template's field 'code' holds a list (['FRA']), not text or a "
+        "number; pick one item with {code.0}",
+    ),
+    "object in a target field": (answers({"iso": "FRA"}, "code"), "holds an object"),
+    "null in a target field": (answers(None, "code"), "which this row lacks or leaves empty"),
+    "boolean in a target field": (answers(True, "code"), "holds a boolean (True)"),
+    "nan in a target field": (
+        rewrite("data/codes/train.jsonl", '{"country": "France", "code": NaN}\n'),
+        "holds a number that is not finite (nan)",
+    ),
+    "picking a key the object lacks": (
+        answers({"text": ["FRA"]}, "code.txt.0"),
+        "picks 'code.txt.0', but 'code' has no key 'txt'; its keys: text",
+    ),
+    "picking past the end of a list": (
+        answers({"text": ["FRA"]}, "code.text.3"),
+        "picks 'code.text.3', but 'code.text' holds 1 items",
+    ),
+    "csv naming a column twice": (
+        csv_data("country,code,code\nFrance,FRA,FR\n"),
+        "the header names the column 'code' more than once",
+    ),
+    "json list cut short": (
+        json_data('[{"country": "France", "code": "FRA"},\n {"country": '),
+        "train.json, line 2: not valid JSON",
+    ),
+    "only row of megabytes": (
+        one_row("data/codes/train.jsonl", 5_000_000),
+        "every example is longer than training.max_length",
+    ),
+    "eval prompt past any context": (
+        one_row("data/codes/eval.jsonl", 3_000_000),
+        "characters go past the model's context length of 1024 tokens however they are tokenized",
+    ),
+    "row past the bound of a row": (
+        one_row("data/yesno/train.jsonl", 65 * 2**20, field="q"),
+        "train.jsonl, line 1: the row is longer than 67,108,864 bytes",
+    ),
+    "last stage adapter only with prototype routing": (
+        recipe_case(
+            "strategy.name=inclora", "strategy.routing=prototype", "output.stage_adapters=last"
+        ),
+        "output.stage_adapters: last keeps only the latest stage's adapter",
+    ),
 }
 
 
@@ -323,6 +454,16 @@ RUN_CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
         keep,
         [*MERGE, "--weights", "nan,inf"],
         "every weight must be a finite number",
+    ),
+    "eval: extra data that is a named pipe": (
+        lambda r: os.mkfifo(r.parent / "pipe.jsonl"),
+        ["eval", "{run}", "--data", "{run}/../pipe.jsonl"],
+        "pipe.jsonl is a named pipe (FIFO), not a data file or folder, so pecft did not open it",
+    ),
+    "generate: prompts from a named pipe": (
+        lambda r: os.mkfifo(r.parent / "prompts.txt"),
+        ["generate", "{run}", "--file", "{run}/../prompts.txt"],
+        "prompts.txt is a named pipe (FIFO), not a file of prompts; pecft did not open it",
     ),
     "eval: extra data nested past any row": (
         lambda r: (r.parent / "deep.jsonl").write_text(

@@ -58,7 +58,7 @@ def test_broken_files_name_file_and_line(
 
 def test_non_utf8_file(tmp_path: Path) -> None:
     (tmp_path / "latin.jsonl").write_bytes('{"q": "caf\xe9"}\n'.encode("latin-1"))
-    with pytest.raises(PecftError, match="is not UTF-8 text"):
+    with pytest.raises(PecftError, match="latin.jsonl, line 1: not UTF-8 text"):
         read_local(tmp_path / "latin.jsonl", "t")
 
 

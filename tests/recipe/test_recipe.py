@@ -66,9 +66,9 @@ def test_empty_task_list_refused(recipe_file: Path) -> None:
     assert "tasks:" in error_of(recipe_file)
 
 
-def test_template_with_attribute_access_refused(recipe_file: Path) -> None:
-    edit(recipe_file, lambda r: r["tasks"][0].update(prompt="{country.__class__}"))
-    assert "indexes or reads an attribute" in error_of(recipe_file)
+def test_template_with_brackets_refused(recipe_file: Path) -> None:
+    edit(recipe_file, lambda r: r["tasks"][0].update(prompt="{country[0]}"))
+    assert "indexes with brackets" in error_of(recipe_file)
 
 
 def test_unknown_strategy_suggests(recipe_file: Path) -> None:

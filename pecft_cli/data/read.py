@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pecft_cli.data.files import file_rows, missing_file, path_kind, refuse_kind
+from pecft_cli.data.files import MAX_ROW_BYTES, file_rows, missing_file, path_kind, refuse_kind
 from pecft_cli.errors import PecftError, did_you_mean, first_line, listing, short
 from pecft_cli.recipe.schema import TaskSection
 
@@ -165,16 +165,18 @@ def per_class(
 
 
 def dataset_rows(
-    data: Any, used: list[str] | None = None
+    data: Any, where: str, used: list[str] | None = None
 ) -> tuple[list[dict[str, Any]], frozenset[str]]:
     """A `datasets.Dataset` as rows (of the `used` columns only, when it has them all), a
     `ClassLabel` column's integers written as the class names (so a target on it yields
-    "sports", not "1"), and the names of those columns."""
+    "sports", not "1"), and the names of those columns. A text cell too long for one row is
+    refused while it is still in the memory-mapped Arrow table, before it becomes a string."""
     from datasets import ClassLabel
 
     labels = {name: f for name, f in data.features.items() if isinstance(f, ClassLabel)}
     if used is not None and set(used) <= set(data.column_names):
         data = data.select_columns(used)
+    check_cells({name: data.data.column(name) for name in data.column_names}, where)
     rows = data.to_list()
     for row in rows:
         for name, feature in labels.items():
@@ -182,6 +184,32 @@ def dataset_rows(
             if isinstance(value, int) and 0 <= value < feature.num_classes:
                 row[name] = feature.int2str(value)
     return rows, frozenset(labels)
+
+
+def check_cells(columns: dict[str, Any], where: str) -> None:
+    """Refuse a text or bytes cell longer than MAX_ROW_BYTES, naming its row and field; the
+    lengths are read from Arrow's offsets, so no cell is copied to check it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = (
+        pa.types.is_string,
+        pa.types.is_large_string,
+        pa.types.is_binary,
+        pa.types.is_large_binary,
+    )
+    for name, column in columns.items():
+        if not any(kind(column.type) for kind in text):
+            continue
+        lengths = pc.binary_length(column)
+        over = pc.greater(lengths, MAX_ROW_BYTES)
+        if pc.any(over).as_py():
+            row = pc.index(over, True).as_py()
+            raise PecftError(
+                f"{where}, row {row + 1}: the field '{name}' holds {lengths[row].as_py():,} bytes, "
+                f"more than pecft reads as one row ({MAX_ROW_BYTES:,}); remove the row or shorten "
+                "the field."
+            )
 
 
 def read_local(path: Path, where: str) -> list[dict[str, Any]]:
@@ -217,11 +245,11 @@ def read_saved(
             f"{where}: {folder} is not a `datasets.save_to_disk` folder ({exc})."
         ) from None
     if isinstance(data, Dataset):
-        return dataset_rows(data, used)
+        return dataset_rows(data, where, used)
     splits = list(data.keys())
     if split is None or split not in splits:
         raise saved_splits(folder, splits, where)
-    return dataset_rows(data[split], used)
+    return dataset_rows(data[split], where, used)
 
 
 def read_hub(
@@ -239,4 +267,4 @@ def read_hub(
             "once where the hub is reachable so that it is in the datasets cache, or save it "
             "with `datasets.save_to_disk` and point source at that folder."
         ) from None
-    return dataset_rows(data, used)
+    return dataset_rows(data, where, used)

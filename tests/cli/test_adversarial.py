@@ -110,6 +110,15 @@ def saved_without_the_split(folder: Path) -> list:
     return ["train", folder / "recipe.yaml", "--set", f"tasks.0.source={folder / 'saved'}", *splits]
 
 
+def saved_with_a_huge_cell(folder: Path) -> list:
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"country": "France", "code": "FRA"}, {"country": "x" * 70_000_000, "code": "XXX"}]
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(folder / "saved"))
+    splits = ["--set", "tasks.0.train=train", "--set", "tasks.0.eval=train"]
+    return ["train", folder / "recipe.yaml", "--set", f"tasks.0.source={folder / 'saved'}", *splits]
+
+
 def answers(value: object, target: str) -> Setup:
     def setup(folder: Path) -> list:
         write_jsonl(folder / "data/codes/train.jsonl", [{"country": "France", "code": value}])
@@ -298,6 +307,10 @@ TRAIN_CASES: dict[str, tuple[Setup, str]] = {
     ),
     "source that is a named pipe": (source_is_a_fifo, "pipe.jsonl is a named pipe (FIFO)"),
     "saved dataset without the split": (saved_without_the_split, "holds the splits train;"),
+    "saved dataset with a cell of 70 MB": (
+        saved_with_a_huge_cell,
+        "row 2: the field 'country' holds 70,000,000 bytes, more than pecft reads as one row",
+    ),
     "list in a target field": (
         answers(["FRA"], "code"),
         "row 1: the target template's field 'code' holds a list (['FRA']), not text or a "

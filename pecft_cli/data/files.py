@@ -255,11 +255,15 @@ def parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
     """A parquet file's rows, a batch at a time."""
     import pyarrow.parquet as pq
 
+    done = 0
     try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            yield from batch.to_pylist()
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
     except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
         raise PecftError(f"{path}: not a readable parquet file ({first_line(exc)}).") from None
+    for batch in batches:
+        check_cells(dict(zip(batch.schema.names, batch.columns, strict=True)), str(path), done)
+        done += batch.num_rows
+        yield from batch.to_pylist()
 
 
 READERS = {".jsonl": jsonl_rows, ".json": json_rows, ".csv": csv_rows}
@@ -286,3 +290,30 @@ def missing_file(path: Path, where: str) -> PecftError:
         "file, or a `datasets.save_to_disk` folder (relative paths are taken from the "
         "recipe's folder)."
     )
+
+
+def check_cells(columns: dict[str, Any], where: str, before: int = 0) -> None:
+    """Refuse a text or bytes cell longer than MAX_ROW_BYTES, naming its row and field; the
+    lengths are read from Arrow's offsets, so no cell is copied to check it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = (
+        pa.types.is_string,
+        pa.types.is_large_string,
+        pa.types.is_binary,
+        pa.types.is_large_binary,
+    )
+    for name, column in columns.items():
+        if not any(kind(column.type) for kind in text):
+            continue
+        lengths = pc.binary_length(column)
+        over = pc.greater(lengths, MAX_ROW_BYTES)
+        if pc.any(over).as_py():
+            row = pc.index(over, True).as_py()
+            size = lengths[row].as_py()
+            raise PecftError(
+                f"{where}, row {before + row + 1}: the field '{name}' holds {size:,} bytes, more "
+                f"than pecft reads as one row ({MAX_ROW_BYTES:,}); remove the row or shorten the "
+                "field."
+            )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pecft_cli.data.files import MAX_ROW_BYTES, file_rows, missing_file, path_kind, refuse_kind
+from pecft_cli.data.files import check_cells, file_rows, missing_file, path_kind, refuse_kind
 from pecft_cli.errors import PecftError, did_you_mean, first_line, listing, short
 from pecft_cli.recipe.schema import TaskSection
 
@@ -184,32 +184,6 @@ def dataset_rows(
             if isinstance(value, int) and 0 <= value < feature.num_classes:
                 row[name] = feature.int2str(value)
     return rows, frozenset(labels)
-
-
-def check_cells(columns: dict[str, Any], where: str) -> None:
-    """Refuse a text or bytes cell longer than MAX_ROW_BYTES, naming its row and field; the
-    lengths are read from Arrow's offsets, so no cell is copied to check it."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    text = (
-        pa.types.is_string,
-        pa.types.is_large_string,
-        pa.types.is_binary,
-        pa.types.is_large_binary,
-    )
-    for name, column in columns.items():
-        if not any(kind(column.type) for kind in text):
-            continue
-        lengths = pc.binary_length(column)
-        over = pc.greater(lengths, MAX_ROW_BYTES)
-        if pc.any(over).as_py():
-            row = pc.index(over, True).as_py()
-            raise PecftError(
-                f"{where}, row {row + 1}: the field '{name}' holds {lengths[row].as_py():,} bytes, "
-                f"more than pecft reads as one row ({MAX_ROW_BYTES:,}); remove the row or shorten "
-                "the field."
-            )
 
 
 def read_local(path: Path, where: str) -> list[dict[str, Any]]:

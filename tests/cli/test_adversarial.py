@@ -119,6 +119,15 @@ def saved_with_a_huge_cell(folder: Path) -> list:
     return ["train", folder / "recipe.yaml", "--set", f"tasks.0.source={folder / 'saved'}", *splits]
 
 
+def parquet_with_a_huge_cell(folder: Path) -> list:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"country": ["France", "x" * 70_000_000], "code": ["FRA", "XXX"]})
+    pq.write_table(table, folder / "data/codes/train.parquet")
+    return ["train", folder / "recipe.yaml", "--set", "tasks.0.train=data/codes/train.parquet"]
+
+
 def answers(value: object, target: str) -> Setup:
     def setup(folder: Path) -> list:
         write_jsonl(folder / "data/codes/train.jsonl", [{"country": "France", "code": value}])
@@ -307,6 +316,10 @@ TRAIN_CASES: dict[str, tuple[Setup, str]] = {
     ),
     "source that is a named pipe": (source_is_a_fifo, "pipe.jsonl is a named pipe (FIFO)"),
     "saved dataset without the split": (saved_without_the_split, "holds the splits train;"),
+    "parquet with a cell of 70 MB": (
+        parquet_with_a_huge_cell,
+        "train.parquet, row 2: the field 'country' holds 70,000,000 bytes, more than pecft",
+    ),
     "saved dataset with a cell of 70 MB": (
         saved_with_a_huge_cell,
         "row 2: the field 'country' holds 70,000,000 bytes, more than pecft reads as one row",

@@ -31,6 +31,7 @@ STRATEGIES = {
     "osf": {"name": "osf"},
     "separate+routing": {"name": "separate", "routing": "prototype"},
     "chain+routing": {"name": "chain", "routing": "prototype"},
+    "separate+gaussian": {"name": "separate", "routing": "gaussian", "router": {"holdout": 2}},
 }
 
 
@@ -83,6 +84,12 @@ def same_results(a: Path, b: Path) -> None:
         return [(e["task"], e["step"], e["loss"]) for e in map(json.loads, lines)]
 
     assert steps(a) == steps(b)
+    if (a / "router").is_dir():  # the router is rebuilt bit for bit after a resume
+        for path in sorted((a / "router").iterdir()):
+            assert path.read_bytes() == (b / "router" / path.name).read_bytes(), path.name
+        ours, theirs = (json.loads((f / "run.json").read_text()) for f in (a, b))
+        for key in ("routing_accuracy", "routing_confusion", "routing_estimate"):
+            assert ours[key] == theirs[key], key
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))

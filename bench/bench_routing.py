@@ -4,7 +4,7 @@ A router reads only the base model's features (adapters off), so how well it rou
 depend on what the LoRAs learnt: each stream's training prompts (at most 256 a task, as in
 training) build the router over all its tasks, and each task's eval prompts are routed; the
 accuracy is the share sent to their own task at the last stage, the hardest (every task known).
-One forward pass per prompt gives every layer and both poolings.
+One forward pass per prompt and pooling gives every layer.
 
     .venv/bin/python bench/bench_routing.py                          # every stream
     .venv/bin/python bench/bench_routing.py --streams blind --layers 6,15,-1
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from pecft_cli.data.tasks import load_task  # noqa: E402
 from pecft_cli.model.load import load_model, load_tokenizer  # noqa: E402
 from pecft_cli.recipe.load import load_recipe  # noqa: E402
-from pecft_cli.serving.features import POOLINGS, Features, all_features  # noqa: E402
+from pecft_cli.serving.features import POOLINGS, Features, affixes, all_features  # noqa: E402
 from pecft_cli.serving.routed import ROUTER_EXAMPLES  # noqa: E402
 from pecft_cli.serving.router import GaussianRouter, PrototypeRouter, route  # noqa: E402
 
@@ -74,14 +74,16 @@ def measure(stream: str, layers: list[int] | None, shrinkage: float) -> dict:
     rows, seconds, count = [], 0.0, 0
     for pooling in POOLINGS:
         started = time.perf_counter()
-        train_f = [all_features(model, p, tokenizer.pad_token_id, pooling) for p in train]
-        eval_f = [all_features(model, p, tokenizer.pad_token_id, pooling) for p in evals]
+        prefix, suffix = affixes(train[0])  # as a router learns them from its first task
+        spec = Features(-1, pooling, prefix, suffix)
+        train_f = [all_features(model, p, tokenizer.pad_token_id, spec) for p in train]
+        eval_f = [all_features(model, p, tokenizer.pad_token_id, spec) for p in evals]
         seconds += time.perf_counter() - started
         count += sum(map(len, train)) + sum(map(len, evals))
         depth = train_f[0].shape[1]
         for layer in layers if layers is not None else range(depth):
             for kind in ("prototype", "gaussian"):
-                spec = Features(layer, pooling)
+                spec = Features(layer, pooling, prefix, suffix)
                 router = (
                     GaussianRouter(spec, shrinkage) if kind == "gaussian" else PrototypeRouter(spec)
                 )

@@ -139,10 +139,11 @@ class RouterSection(Section):
         description="the base model's hidden state the router reads: 0 the token embeddings, "
         "k the output of block k, -1 the last layer (negative counts from the end)",
     )
-    pooling: Literal["last", "mean"] = Field(
+    pooling: Literal["last", "mean", "fields"] = Field(
         "last",
         description="last: the state at the prompt's last token; mean: the mean over the "
-        "prompt's tokens",
+        "prompt's tokens; fields: the mean over its filled-in fields, the tokens between the "
+        "template's fixed start and end (learnt from the first task's prompts)",
     )
     shrinkage: float = Field(
         0.1,

@@ -202,10 +202,13 @@ def route(router: Router, vectors: torch.Tensor) -> tuple[list[int], list[float]
 def save_router(router: Router, folder: Path) -> None:
     """The router's weights and its JSON index into `folder` (which exists)."""
     save_file(router.weights(), str(folder / WEIGHTS_FILES[router.kind]))
+    spec = router.features
     index = {
         "kind": router.kind,
-        "layer": router.features.layer,
-        "pooling": router.features.pooling,
+        "layer": spec.layer,
+        "pooling": spec.pooling,
+        "prefix": list(spec.prefix),
+        "suffix": list(spec.suffix),
         "tasks": router.tasks,
         **router.index(),
     }
@@ -219,7 +222,8 @@ def load_router(folder: Path) -> Router:
         kind = index["kind"]
         weights = load_file(str(folder / WEIGHTS_FILES[kind]))
         pooling = LEGACY_POOLING.get(index.get("pooling"), index.get("pooling", "last"))
-        spec = Features(int(index.get("layer", -1)), str(pooling))
+        affixes = (tuple(index.get("prefix", ())), tuple(index.get("suffix", ())))
+        spec = Features(int(index.get("layer", -1)), str(pooling), *affixes)
         return KINDS[kind].restore(spec, list(index["tasks"]), index, weights)
     except Exception as exc:  # safetensors raises its own error type for a damaged file
         raise PecftError(

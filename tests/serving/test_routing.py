@@ -19,7 +19,7 @@ from pecft_cli.errors import PecftError
 from pecft_cli.recipe.load import load_recipe
 from pecft_cli.recipe.sections import LoraSection
 from pecft_cli.runfolder.matrix import read_matrix
-from pecft_cli.serving.features import Features, features
+from pecft_cli.serving.features import Features, affixes, features, field_span
 from pecft_cli.serving.router import (
     GaussianRouter,
     PrototypeRouter,
@@ -273,3 +273,32 @@ def test_a_router_layer_the_model_lacks_is_refused_at_validate(recipe_file: Path
     assert "Traceback" not in result.output
     fine = invoke("validate", recipe_file, *[x for o in routed[:2] for x in ("--set", o)])
     assert fine.exit_code == 0, fine.output
+
+
+def test_the_fields_are_what_lies_between_the_templates_fixed_tokens(tiny_model: Path) -> None:
+    prompts = [[1, 2, 50, 51, 7, 8], [1, 2, 60, 7, 8], [1, 2, 70, 71, 72, 7, 8]]
+    prefix, suffix = affixes(prompts)
+    assert (prefix, suffix) == ((1, 2), (7, 8))
+    assert affixes([[1, 2, 3], [1, 2, 3]]) == ((1, 2, 3), ())  # the ends never overlap
+    spec = Features(0, "fields", prefix, suffix)
+    assert field_span([1, 2, 50, 51, 7, 8], spec) == (2, 4)
+    assert field_span([9, 50, 7, 8], spec) == (0, 2)  # another template's start is kept
+    assert field_span([1, 2, 7, 8], spec) == (0, 4)  # nothing left: the whole prompt
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    vectors = features(base, prompts, 0, spec)
+    embedded = base.get_input_embeddings()(torch.tensor([prompts[0]]))[0, 2:4].mean(0)
+    assert torch.allclose(vectors[0], embedded, atol=1e-6)
+
+
+def test_a_fields_router_learns_its_template_ends_and_saves_them(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    overrides = [*ROUTED, "strategy.routing=gaussian", "strategy.router.pooling=fields"]
+    result = run(load_recipe(write_recipe(tmp_path, tiny_model), overrides))
+    index = json.loads((result.folder / "router/router.json").read_text())
+    assert index["pooling"] == "fields" and index["prefix"] and index["suffix"]
+    router = load_router(result.folder / "router")
+    assert router.features.prefix == tuple(index["prefix"])
+    out = tmp_path / "again"
+    assert invoke("eval", result.folder, "--out", out).exit_code == 0
+    assert (out / "matrix.csv").read_text() == (result.folder / "eval/matrix.csv").read_text()

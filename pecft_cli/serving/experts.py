@@ -119,8 +119,13 @@ def stage_alone(model: Any, saved: SavedRun, stage: str) -> SavedExperts:
     """The bare base at the base row, else the base with that stage's adapter alone."""
     if stage == BASE:
         return SavedExperts(bare(model))
-    adapter = saved.adapters[stage]
+    return SavedExperts(applied(bare(model), saved.adapters[stage]))
+
+
+def applied(model: Any, adapter: Path) -> PeftModel:
+    """`model` with one adapter folder applied by stock PEFT; a clear error when it does not
+    load."""
     try:
-        return SavedExperts(PeftModel.from_pretrained(bare(model), adapter))
+        return PeftModel.from_pretrained(model, adapter)
     except Exception as exc:
         raise adapter_error(adapter, exc) from None

@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peft import PeftModel
-
 from pecft_cli.data.files import path_kind
 from pecft_cli.data.read import read_local
 from pecft_cli.data.tasks import encode, prompt_text
 from pecft_cli.errors import PecftError, did_you_mean
 from pecft_cli.events import EventCallback, ignore
-from pecft_cli.model.artifacts import Artifact, adapter_error, open_artifact
+from pecft_cli.model.artifacts import Artifact, open_artifact
 from pecft_cli.model.load import (
     context_length,
     load_model,
@@ -37,7 +35,7 @@ from pecft_cli.recipe.template import template_fields
 from pecft_cli.runfolder.layout import BASE
 from pecft_cli.scoring.scorer import greedy_answers
 from pecft_cli.serving.answering import Decoder, OwnAdapter
-from pecft_cli.serving.experts import SavedExperts
+from pecft_cli.serving.experts import SavedExperts, applied
 from pecft_cli.serving.routing import saved_routing
 
 FREE_MAX_NEW_TOKENS = 128
@@ -185,12 +183,7 @@ def prompt_lines(text: str) -> list[str | dict[str, Any]]:
 
 def with_adapter(model: Any, adapter: Path | None) -> Any:
     """The base model with an adapter folder applied (stock PEFT), in eval mode."""
-    if adapter is not None:
-        try:
-            model = PeftModel.from_pretrained(model, adapter)
-        except Exception as exc:
-            raise adapter_error(adapter, exc) from None
-    return model.eval()
+    return (model if adapter is None else applied(model, adapter)).eval()
 
 
 def task_section(artifact: Artifact, name: str) -> TaskSection:

@@ -8,10 +8,15 @@ One forward pass per prompt and pooling gives every layer.
 
     .venv/bin/python bench/bench_routing.py                          # every stream
     .venv/bin/python bench/bench_routing.py --streams blind --layers 6,15,-1
+    .venv/bin/python bench/bench_routing.py --streams blind --rules   # other rules (sklearn)
+    .venv/bin/python bench/bench_routing.py --recorded 5              # the tables, from records
 
 Prints a table (stream x kind x pooling x layer) and writes it as JSON to
 bench/records/routing/<stream>.json, with the seconds per prompt of the feature pass and the
-bytes each router keeps.
+bytes each router keeps. `--rules` instead compares other classification rules on the same
+features (the Gaussian router at other shrinkages, Ledoit-Wolf shrinkage, k nearest neighbours,
+logistic regression; scikit-learn, which the dev install brings with lm-eval) and writes
+bench/records/routing/<stream>-rules.json.
 """
 
 from __future__ import annotations
@@ -31,7 +36,13 @@ sys.path.insert(0, str(ROOT))
 from pecft_cli.data.tasks import load_task  # noqa: E402
 from pecft_cli.model.load import load_model, load_tokenizer  # noqa: E402
 from pecft_cli.recipe.load import load_recipe  # noqa: E402
-from pecft_cli.serving.features import POOLINGS, Features, affixes, all_features  # noqa: E402
+from pecft_cli.serving.features import (  # noqa: E402
+    POOLINGS,
+    Features,
+    affixes,
+    all_features,
+    default_layer,
+)  # noqa: E402
 from pecft_cli.serving.routed import ROUTER_EXAMPLES  # noqa: E402
 from pecft_cli.serving.router import GaussianRouter, PrototypeRouter, route  # noqa: E402
 
@@ -65,25 +76,37 @@ def accuracy(
     return hits / total
 
 
-def measure(stream: str, layers: list[int] | None, shrinkage: float) -> dict:
-    """Every kind x pooling x layer on one stream."""
+def pooled(model: Any, tokenizer: Any, train: list, evals: list, pooling: str) -> tuple:
+    """Every layer's pooled features of each task's training and eval prompts, and the
+    seconds they took."""
+    started = time.perf_counter()
+    prefix, suffix = affixes(train[0])  # as a router learns them from its first task
+    spec = Features(None, pooling, prefix, suffix)
+    train_f = [all_features(model, p, tokenizer.pad_token_id, spec) for p in train]
+    eval_f = [all_features(model, p, tokenizer.pad_token_id, spec) for p in evals]
+    return train_f, eval_f, time.perf_counter() - started
+
+
+def opened(stream: str) -> tuple:
+    """The stream's model, tokenizer, task names and prompts."""
     recipe = load_recipe(ROOT / "bench" / "recipes" / f"{stream}.yaml")
     tokenizer = load_tokenizer(recipe.model)
     names, train, evals = stream_prompts(recipe, tokenizer)
-    model = load_model(recipe.model)
+    return load_model(recipe.model), tokenizer, names, train, evals
+
+
+def measure(stream: str, layers: list[int] | None, shrinkage: float) -> dict:
+    """Every kind x pooling x layer on one stream."""
+    model, tokenizer, names, train, evals = opened(stream)
     rows, seconds, count = [], 0.0, 0
     for pooling in POOLINGS:
-        started = time.perf_counter()
-        prefix, suffix = affixes(train[0])  # as a router learns them from its first task
-        spec = Features(-1, pooling, prefix, suffix)
-        train_f = [all_features(model, p, tokenizer.pad_token_id, spec) for p in train]
-        eval_f = [all_features(model, p, tokenizer.pad_token_id, spec) for p in evals]
-        seconds += time.perf_counter() - started
+        train_f, eval_f, took = pooled(model, tokenizer, train, evals, pooling)
+        seconds += took
         count += sum(map(len, train)) + sum(map(len, evals))
         depth = train_f[0].shape[1]
         for layer in layers if layers is not None else range(depth):
             for kind in ("prototype", "gaussian"):
-                spec = Features(layer, pooling, prefix, suffix)
+                spec = Features(layer, pooling)
                 router = (
                     GaussianRouter(spec, shrinkage) if kind == "gaussian" else PrototypeRouter(spec)
                 )
@@ -98,12 +121,60 @@ def measure(stream: str, layers: list[int] | None, shrinkage: float) -> dict:
         "eval_prompts": sum(map(len, evals)),
         "hidden_size": d,
         "layers": depth - 1,
+        "default_layer": default_layer(model),
         "shrinkage": shrinkage,
         "seconds_per_prompt": round(seconds / count, 5),
         "bytes_per_task": {"prototype": 4 * d, "gaussian": 8 * (d + d * d)},
         "rows": rows,
         "machine": torch.__config__.parallel_info().splitlines()[0],
     }
+
+
+def rules() -> dict[str, Any]:
+    """Other rules over the same features: the Gaussian router at other shrinkages, sklearn's
+    Ledoit-Wolf shrinkage, and two that keep every training feature (k nearest neighbours by
+    cosine, logistic regression on standardised features)."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    found: dict[str, Any] = {f"gaussian s={s}": s for s in (0.01, 0.03, 0.1, 0.3, 0.6)}
+    found["lda ledoit-wolf"] = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+    found["5-nn cosine"] = KNeighborsClassifier(5, metric="cosine")
+    found["logistic regression"] = make_pipeline(
+        StandardScaler(), LogisticRegression(max_iter=5000)
+    )
+    return found
+
+
+def rule_accuracy(rule: Any, train: list[torch.Tensor], evals: list[torch.Tensor]) -> float:
+    """One rule's share of eval prompts sent to their own task, every task known."""
+    if isinstance(rule, float):
+        names = [str(i) for i in range(len(train))]
+        return accuracy(GaussianRouter(Features(0), rule), train, evals, names)
+    x = torch.cat(train).double().numpy()
+    y = [i for i, t in enumerate(train) for _ in range(len(t))]
+    x_eval = torch.cat(evals).double().numpy()
+    y_eval = [i for i, t in enumerate(evals) for _ in range(len(t))]
+    return float(rule.fit(x, y).score(x_eval, y_eval))
+
+
+def compare(stream: str, layers: list[int] | None) -> dict:
+    """Each of `rules` at the default layer and the last (or `layers`), last token and mean."""
+    model, tokenizer, names, train, evals = opened(stream)
+    chosen = layers or [default_layer(model), -1]
+    rows = []
+    for pooling in ("last", "mean"):
+        train_f, eval_f, _ = pooled(model, tokenizer, train, evals, pooling)
+        for layer in chosen:
+            picked = [t[:, layer] for t in train_f], [e[:, layer] for e in eval_f]
+            for rule, how in rules().items():
+                score = rule_accuracy(how, *picked)
+                rows.append({"rule": rule, "pooling": pooling, "layer": layer, "routing": score})
+                print(f"{stream:11s} {rule:20s} {pooling:4s} layer {layer:3d}: {100 * score:5.1f}%")
+    return {"stream": stream, "eval_prompts": sum(map(len, evals)), "rows": rows}
 
 
 def markdown(records: list[dict], every: int) -> str:
@@ -137,25 +208,58 @@ def markdown(records: list[dict], every: int) -> str:
     return "\n".join(lines)
 
 
+def rules_markdown(records: list[dict]) -> str:
+    """The rules table: a row per rule, pooling and layer, a column per recorded stream."""
+    streams = [record["stream"] for record in records]
+    cells = {
+        (row["rule"], row["pooling"], row["layer"], record["stream"]): row["routing"]
+        for record in records
+        for row in record["rows"]
+    }
+    keys = list(
+        dict.fromkeys(
+            (row["rule"], row["pooling"], row["layer"]) for r in records for row in r["rows"]
+        )
+    )
+    lines = [
+        "| rule | pooling | layer | " + " | ".join(streams) + " |",
+        "|---|---|---|" + "---|" * len(streams),
+    ]
+    for rule, pooling, layer in keys:
+        values = [cells.get((rule, pooling, layer, s)) for s in streams]
+        text = ["-" if v is None else f"{100 * v:.1f}" for v in values]
+        lines.append(f"| {rule} | {pooling} | {layer} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", default=",".join(STREAMS))
     parser.add_argument("--layers", default=None, help="comma-separated; default every layer")
     parser.add_argument("--shrinkage", type=float, default=0.1)
     parser.add_argument(
-        "--recorded", type=int, metavar="EVERY", help="print the recorded table; measure nothing"
+        "--recorded", type=int, metavar="EVERY", help="print the recorded tables; measure nothing"
     )
+    parser.add_argument("--rules", action="store_true", help="compare other rules instead")
     args = parser.parse_args()
+    names = args.streams.split(",")
     if args.recorded:
-        names = args.streams.split(",")
-        found = [RECORDS / f"{name}.json" for name in names if (RECORDS / f"{name}.json").is_file()]
-        print(markdown([json.loads(path.read_text()) for path in found], args.recorded))
+        for suffix, show in (
+            ("", lambda r: markdown(r, args.recorded)),
+            ("-rules", rules_markdown),
+        ):
+            found = [RECORDS / f"{name}{suffix}.json" for name in names]
+            records = [json.loads(path.read_text()) for path in found if path.is_file()]
+            if records:
+                print(show(records) + "\n")
         return
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     RECORDS.mkdir(parents=True, exist_ok=True)
-    for stream in args.streams.split(","):
-        record = measure(stream, layers, args.shrinkage)
-        path = RECORDS / f"{stream}.json"
+    for stream in names:
+        if args.rules:
+            record, path = compare(stream, layers), RECORDS / f"{stream}-rules.json"
+        else:
+            record, path = measure(stream, layers, args.shrinkage), RECORDS / f"{stream}.json"
         path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {path}")
 

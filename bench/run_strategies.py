@@ -64,6 +64,13 @@ STRATEGIES: dict[str, list[str]] = {
         "strategy.replay.per_task=30",
         "strategy.routing=gaussian",
     ],
+    "chain+replay+gaussian+fallback": [
+        "strategy.name=chain",
+        "strategy.replay.per_task=30",
+        "strategy.routing=gaussian",
+        "strategy.router.fallback=latest",
+        "strategy.router.confident=0.99",
+    ],
     "osf": ["strategy.name=osf", "training.lr=1e-4"],
     "joint": ["strategy.name=joint"],
     CEILING: [],

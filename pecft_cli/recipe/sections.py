@@ -132,12 +132,13 @@ class ArrowSection(Section):
 class RouterSection(Section):
     """A router's features and rules (strategy.routing: prototype or gaussian)."""
 
-    layer: int = Field(
-        -1,
+    layer: int | None = Field(
+        None,
         ge=-1000,
         le=1000,
         description="the base model's hidden state the router reads: 0 the token embeddings, "
-        "k the output of block k, -1 the last layer (negative counts from the end)",
+        "k the output of block k, -1 the last layer (negative counts from the end); null: two "
+        "thirds of the way up (20 of 30 layers), the best default on every measured stream",
     )
     pooling: Literal["last", "mean", "fields"] = Field(
         "last",
@@ -366,7 +367,7 @@ class OutputSection(Section):
         "latest stage, each earlier one deleted once the next is written. Stacked strategies "
         "(inclora, olora, inflora) write a rank r*k adapter at stage k, so with all, adapters/ "
         "grows with the square of the task count; task_loras/ keeps every task's own LoRA "
-        "either way. `pecft eval` scores the stages kept; routing: prototype needs all",
+        "either way. `pecft eval` scores the stages kept; routing: gaussian or prototype needs all",
     )
 
 

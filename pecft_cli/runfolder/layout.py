@@ -117,7 +117,7 @@ class RunFolder:
 
     @property
     def router(self) -> Path:
-        """The prototype router (strategy.routing), as it stands after the latest stage."""
+        """The router (strategy.routing: gaussian or prototype) after the latest stage."""
         return self.root / "router"
 
     @property

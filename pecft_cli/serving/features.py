@@ -12,7 +12,7 @@ benchmark measures them side by side.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from peft import PeftModel
@@ -26,10 +26,11 @@ POOLINGS = ("last", "mean", "fields")
 @dataclass(frozen=True)
 class Features:
     """Which hidden state and how it is pooled. `layer` indexes the model's hidden states: 0
-    is the token embeddings, -1 the last layer, and e.g. 15 the output of block 15. `prefix`
-    and `suffix` are the template's fixed tokens that `fields` pooling leaves out."""
+    is the token embeddings, -1 the last layer, and e.g. 15 the output of block 15; None until
+    `settled` picks the default. `prefix` and `suffix` are the template's fixed tokens that
+    `fields` pooling leaves out."""
 
-    layer: int = -1
+    layer: int | None = None
     pooling: str = "last"
     prefix: tuple[int, ...] = ()
     suffix: tuple[int, ...] = ()
@@ -48,6 +49,23 @@ def affixes(prompts: list[list[int]]) -> tuple[tuple[int, ...], tuple[int, ...]]
     while end < shortest - start and all(p[-1 - end] == first[-1 - end] for p in prompts):
         end += 1
     return tuple(first[:start]), tuple(first[len(first) - end :])
+
+
+def default_layer(model: torch.nn.Module) -> int:
+    """Two thirds of the way up the model: the layer the routing table (docs/results.md)
+    found best on every stream for both router kinds (the last layer's state is shaped by the
+    next-token head); the last layer for a model whose config does not give its depth."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    depth = getattr(getattr(base, "config", None), "num_hidden_layers", None)
+    return -1 if not isinstance(depth, int) else round(2 * depth / 3)
+
+
+def settled(spec: Features, model: torch.nn.Module, prompts: list[list[int]]) -> Features:
+    """`spec` with what the first task fixes filled in: the default layer where none was
+    given, and for `fields` pooling the template's fixed ends, learnt from its prompts."""
+    layer = default_layer(model) if spec.layer is None else spec.layer
+    prefix, suffix = affixes(prompts) if spec.pooling == "fields" else (spec.prefix, spec.suffix)
+    return replace(spec, layer=layer, prefix=prefix, suffix=suffix)
 
 
 def field_span(prompt: list[int], spec: Features) -> tuple[int, int]:
@@ -115,7 +133,8 @@ def all_features(
 def features(
     model: torch.nn.Module, prompts: list[list[int]], pad_id: int, spec: Features
 ) -> torch.Tensor:
-    """Every prompt's feature as `spec` says: (prompts, d), float32."""
+    """Every prompt's feature as `spec` says (its layer settled): (prompts, d), float32."""
+    assert spec.layer is not None, "a router's layer is settled when it learns its first task"
     return all_features(model, prompts, pad_id, spec)[:, spec.layer]
 
 

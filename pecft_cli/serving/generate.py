@@ -3,8 +3,8 @@
 Decoding is greedy (the same as exact-match scoring), so an answer here is the answer the
 evaluation saw. With a task named, each input fills the task's prompt template: a plain text
 fills a template with one field, a JSON object fills any template. A stage of a routed run
-(`strategy.routing`) answers each prompt as the evaluation did: with the adapter its prototype
-router picks from the prompt, or through Arrow over the task LoRAs; an adapter folder given
+(`strategy.routing`) answers each prompt as the evaluation did: with the adapter its router
+picks from the prompt, or through Arrow over the task LoRAs; an adapter folder given
 directly is used as it is.
 """
 

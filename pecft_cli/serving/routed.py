@@ -23,7 +23,7 @@ from pecft_cli.runfolder.saved import SavedRun
 from pecft_cli.scoring.scorer import TaskScore, combine
 from pecft_cli.serving.answering import Decoder, OwnAdapter, Routing, Scorer
 from pecft_cli.serving.experts import Experts, stage_adapters
-from pecft_cli.serving.features import affixes, features
+from pecft_cli.serving.features import features, settled
 from pecft_cli.serving.router import Router, Totals, route
 
 ROUTER_EXAMPLES = 256  # training prompts a task's statistics come from, at most
@@ -106,9 +106,8 @@ class RouterRouting:
         """Add the task's statistics from at most ROUTER_EXAMPLES of its training prompts, each
         process its share, summed; keep the features of `holdout` of them for `estimate`."""
         used = prompts[:ROUTER_EXAMPLES]
-        if not self.router.tasks and self.spec.pooling == "fields":  # the template's fixed ends
-            prefix, suffix = affixes(used)
-            self.router.features = replace(self.spec, prefix=prefix, suffix=suffix)
+        if not self.router.tasks:
+            self.router.features = settled(self.spec, model, used)
         mine = self.router.totals(features(model, share.mine(used), self.pad_id, self.spec))
         count = share.sum(torch.tensor(mine.count, dtype=torch.float64)).item()
         squares = None if mine.squares is None else share.sum(mine.squares)

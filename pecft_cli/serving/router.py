@@ -223,7 +223,8 @@ def load_router(folder: Path) -> Router:
         weights = load_file(str(folder / WEIGHTS_FILES[kind]))
         pooling = LEGACY_POOLING.get(index.get("pooling"), index.get("pooling", "last"))
         affixes = (tuple(index.get("prefix", ())), tuple(index.get("suffix", ())))
-        spec = Features(int(index.get("layer", -1)), str(pooling), *affixes)
+        layer = index.get("layer", -1)
+        spec = Features(None if layer is None else int(layer), str(pooling), *affixes)
         return KINDS[kind].restore(spec, list(index["tasks"]), index, weights)
     except Exception as exc:  # safetensors raises its own error type for a damaged file
         raise PecftError(

@@ -4,9 +4,10 @@ Task k's LoRA begins as a copy of task k-1's finished LoRA and trains on task k 
 carries what the earlier tasks taught (forward transfer, which `separate` gives up) while the
 earlier LoRAs stay as they were. Unrouted, the model after task k is task k's LoRA alone, which
 is `seq`'s model after task k (bit for bit with `lora.dropout` 0; dropout masks are keyed by the
-adapter's name, so with dropout the two draw other masks). With `strategy.routing: prototype`
-each input is served by the snapshot taken right after its own task, so nothing a later task
-overwrites is lost; what routing keeps is the chain's diagonal, each task at its best.
+adapter's name, so with dropout the two draw other masks). With a router
+(`strategy.routing: gaussian` or `prototype`) each input is served by the snapshot taken right
+after its own task, so nothing a later task overwrites is lost; what routing keeps is the
+chain's diagonal, each task at its best.
 """
 
 from __future__ import annotations

@@ -176,7 +176,9 @@ def capacity(device: str) -> tuple[int, str]:
 def check_router_layer(recipe: Recipe, depth: int | None) -> None:
     """A router reads one of the model's depth + 1 hidden states (0 the embeddings)."""
     layer = recipe.strategy.router.layer
-    if depth is None or not recipe.strategy.routed or -(depth + 1) <= layer <= depth:
+    if layer is None or depth is None or not recipe.strategy.routed:
+        return
+    if -(depth + 1) <= layer <= depth:
         return
     raise PecftError(
         f"strategy.router.layer: {layer} is not a hidden state of this model, which has "

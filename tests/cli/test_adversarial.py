@@ -364,7 +364,7 @@ TRAIN_CASES: dict[str, tuple[Setup, str]] = {
         one_row("data/yesno/train.jsonl", 65 * 2**20, field="q"),
         "train.jsonl, line 1: the row is longer than 67,108,864 bytes",
     ),
-    "last stage adapter only with prototype routing": (
+    "last stage adapter only with a router": (
         recipe_case(
             "strategy.name=inclora", "strategy.routing=prototype", "output.stage_adapters=last"
         ),

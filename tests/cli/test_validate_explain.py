@@ -65,5 +65,5 @@ def test_explain_shows_the_router_settings_of_a_routed_strategy(recipe_file: Pat
     assert "routing gaussian: serve each input with the LoRA of the task a Gaussian" in " ".join(
         result.output.split()
     )
-    assert "strategy.router.layer = 1  (default -1; integer" in result.output
+    assert "strategy.router.layer = 1  (default null; integer" in result.output
     assert "strategy.router.shrinkage = 0.1" in result.output

@@ -19,7 +19,14 @@ from pecft_cli.errors import PecftError
 from pecft_cli.recipe.load import load_recipe
 from pecft_cli.recipe.sections import LoraSection
 from pecft_cli.runfolder.matrix import read_matrix
-from pecft_cli.serving.features import Features, affixes, features, field_span
+from pecft_cli.serving.features import (
+    Features,
+    affixes,
+    default_layer,
+    features,
+    field_span,
+    settled,
+)
 from pecft_cli.serving.router import (
     GaussianRouter,
     PrototypeRouter,
@@ -137,6 +144,17 @@ def routed_run(
     return result.folder
 
 
+def test_an_unset_router_layer_settles_two_thirds_of_the_way_up(tiny_model: Path) -> None:
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert default_layer(base) == 1  # 2 layers: round(4 / 3)
+    base.config.num_hidden_layers = 30
+    model = get_peft_model(base, lora_config(LoraSection(r=2)))
+    assert default_layer(model) == 20  # read through the adapter, as in training
+    assert settled(Features(None, "last"), model, [[1, 2]]) == Features(20, "last")
+    assert settled(Features(3, "mean"), model, [[1, 2]]).layer == 3  # a given layer stays
+    assert default_layer(torch.nn.Linear(2, 2)) == -1  # no depth known: the last layer
+
+
 def test_a_routed_run_records_routes_accuracy_and_its_router(routed_run: Path) -> None:
     state = json.loads((routed_run / "run.json").read_text())
     assert set(state["routing_accuracy"]) == {"codes", "yesno"}
@@ -149,6 +167,7 @@ def test_a_routed_run_records_routes_accuracy_and_its_router(routed_run: Path) -
     assert set(state["routing_estimate"]) == {"yesno"}  # from the second task on
     index = json.loads((routed_run / "router/router.json").read_text())
     assert index["tasks"] == ["codes", "yesno"] and index["kind"] in ("prototype", "gaussian")
+    assert index["layer"] == 1  # unset in the recipe: settled two thirds up the 2 layers
     first = (routed_run / "eval/predictions/codes/yesno.jsonl").read_text().splitlines()
     assert {json.loads(line)["routed_to"] for line in first} == {"codes"}  # one task trained
     base = (routed_run / "eval/predictions/base/codes.jsonl").read_text()

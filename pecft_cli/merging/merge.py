@@ -23,7 +23,14 @@ from pecft_cli.errors import PecftError
 from pecft_cli.events import EventCallback, ignore
 from pecft_cli.merging.request import MergeInput, MergeOptions, check_request
 from pecft_cli.model.adapters import save_adapter
-from pecft_cli.model.artifacts import MERGE_FILE, adapter_config, adapter_run, base_of, is_run
+from pecft_cli.model.artifacts import (
+    MERGE_FILE,
+    adapter_config,
+    adapter_run,
+    applied,
+    base_of,
+    is_run,
+)
 from pecft_cli.model.load import load_model, load_tokenizer
 from pecft_cli.parallel.distributed import device
 from pecft_cli.recipe.sections import ModelSection
@@ -226,7 +233,7 @@ def score_merge(
         model = load_model(section, device(), trust_remote_code)
     else:
         base = load_model(recipe.model, device(), trust_remote_code)
-        model = PeftModel.from_pretrained(base, result.out)
+        model = applied(base, result.out)
     label = result.out.name
     tasks = [task.name for task in recipe.tasks]
     scores = []

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from peft import PeftConfig
+from peft import PeftConfig, PeftModel
 from safetensors import safe_open
 
 from pecft_cli.errors import PecftError
@@ -86,6 +86,15 @@ def adapter_config(adapter: Path) -> PeftConfig:
     except Exception as exc:
         raise adapter_error(adapter, exc) from None
     return config
+
+
+def applied(model: Any, adapter: Path) -> PeftModel:
+    """`model` with one adapter folder applied by stock PEFT; a clear error when it does not
+    load."""
+    try:
+        return PeftModel.from_pretrained(model, adapter)
+    except Exception as exc:
+        raise adapter_error(adapter, exc) from None
 
 
 def adapter_error(adapter: Path, exc: Exception) -> PecftError:

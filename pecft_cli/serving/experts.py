@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from peft import PeftModel
 
-from pecft_cli.model.artifacts import adapter_error
+from pecft_cli.model.artifacts import adapter_error, applied
 from pecft_cli.runfolder.layout import BASE
 from pecft_cli.runfolder.saved import SavedRun
 from pecft_cli.strategies.base import Stage, Strategy
@@ -120,12 +120,3 @@ def stage_alone(model: Any, saved: SavedRun, stage: str) -> SavedExperts:
     if stage == BASE:
         return SavedExperts(bare(model))
     return SavedExperts(applied(bare(model), saved.adapters[stage]))
-
-
-def applied(model: Any, adapter: Path) -> PeftModel:
-    """`model` with one adapter folder applied by stock PEFT; a clear error when it does not
-    load."""
-    try:
-        return PeftModel.from_pretrained(model, adapter)
-    except Exception as exc:
-        raise adapter_error(adapter, exc) from None

@@ -20,7 +20,7 @@ from pecft_cli.data.read import read_local
 from pecft_cli.data.tasks import encode, prompt_text
 from pecft_cli.errors import PecftError, did_you_mean
 from pecft_cli.events import EventCallback, ignore
-from pecft_cli.model.artifacts import Artifact, open_artifact
+from pecft_cli.model.artifacts import Artifact, applied, open_artifact
 from pecft_cli.model.load import (
     context_length,
     load_model,
@@ -35,7 +35,7 @@ from pecft_cli.recipe.template import template_fields
 from pecft_cli.runfolder.layout import BASE
 from pecft_cli.scoring.scorer import greedy_answers
 from pecft_cli.serving.answering import Decoder, OwnAdapter
-from pecft_cli.serving.experts import SavedExperts, applied
+from pecft_cli.serving.experts import SavedExperts
 from pecft_cli.serving.routing import saved_routing
 
 FREE_MAX_NEW_TOKENS = 128

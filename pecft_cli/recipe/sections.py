@@ -189,7 +189,8 @@ ROUTING: dict[str, str] = {
     "cosine; never from a task id",
     "gaussian": "serve each input with the LoRA of the task a Gaussian classifier with one "
     "shared covariance (per-task means and a pooled, shrunk covariance of the training "
-    "prompts' features, strategy.router) finds most probable; never from a task id",
+    "prompts' features, strategy.router) finds most probable; never from a task id; the "
+    "router to choose: on every measured stream it routes at least as well as prototype",
     "arrow": "PEFT's Arrow, training-free: at every layer each token mixes the strategy.arrow."
     "top_k task LoRAs whose prototypes (the top right singular vector of B A) it is most "
     "aligned with",

@@ -25,6 +25,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -130,35 +132,37 @@ def measure(stream: str, layers: list[int] | None, shrinkage: float) -> dict:
     }
 
 
-def rules() -> dict[str, Any]:
-    """Other rules over the same features: the Gaussian router at other shrinkages, sklearn's
-    Ledoit-Wolf shrinkage, and two that keep every training feature (k nearest neighbours by
-    cosine, logistic regression on standardised features)."""
+def gaussian_accuracy(shrinkage: float, train: list[torch.Tensor], evals: list) -> float:
+    """The Gaussian router's routing accuracy at one shrinkage."""
+    names = [str(i) for i in range(len(train))]
+    return accuracy(GaussianRouter(Features(0), shrinkage), train, evals, names)
+
+
+def fitted_accuracy(estimator: Any, train: list[torch.Tensor], evals: list) -> float:
+    """A scikit-learn classifier's routing accuracy, fitted on every task's training features."""
+    x, x_eval = torch.cat(train).double().numpy(), torch.cat(evals).double().numpy()
+    y = [i for i, t in enumerate(train) for _ in range(len(t))]
+    y_eval = [i for i, t in enumerate(evals) for _ in range(len(t))]
+    return float(estimator.fit(x, y).score(x_eval, y_eval))
+
+
+def rules() -> dict[str, Callable[[list[torch.Tensor], list[torch.Tensor]], float]]:
+    """Other rules over the same features, each as a routing accuracy: the Gaussian router at
+    other shrinkages, sklearn's Ledoit-Wolf shrinkage, and two that keep every training feature
+    (k nearest neighbours by cosine, logistic regression on standardised features)."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    found: dict[str, Any] = {f"gaussian s={s}": s for s in (0.01, 0.03, 0.1, 0.3, 0.6)}
-    found["lda ledoit-wolf"] = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
-    found["5-nn cosine"] = KNeighborsClassifier(5, metric="cosine")
-    found["logistic regression"] = make_pipeline(
-        StandardScaler(), LogisticRegression(max_iter=5000)
-    )
-    return found
-
-
-def rule_accuracy(rule: Any, train: list[torch.Tensor], evals: list[torch.Tensor]) -> float:
-    """One rule's share of eval prompts sent to their own task, every task known."""
-    if isinstance(rule, float):
-        names = [str(i) for i in range(len(train))]
-        return accuracy(GaussianRouter(Features(0), rule), train, evals, names)
-    x = torch.cat(train).double().numpy()
-    y = [i for i, t in enumerate(train) for _ in range(len(t))]
-    x_eval = torch.cat(evals).double().numpy()
-    y_eval = [i for i, t in enumerate(evals) for _ in range(len(t))]
-    return float(rule.fit(x, y).score(x_eval, y_eval))
+    found = {f"gaussian s={s}": partial(gaussian_accuracy, s) for s in (0.01, 0.03, 0.1, 0.3, 0.6)}
+    estimators = {
+        "lda ledoit-wolf": LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"),
+        "5-nn cosine": KNeighborsClassifier(5, metric="cosine"),
+        "logistic regression": make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
+    }
+    return found | {name: partial(fitted_accuracy, e) for name, e in estimators.items()}
 
 
 def compare(stream: str, layers: list[int] | None) -> dict:
@@ -170,8 +174,8 @@ def compare(stream: str, layers: list[int] | None) -> dict:
         train_f, eval_f, _ = pooled(model, tokenizer, train, evals, pooling)
         for layer in chosen:
             picked = [t[:, layer] for t in train_f], [e[:, layer] for e in eval_f]
-            for rule, how in rules().items():
-                score = rule_accuracy(how, *picked)
+            for rule, routed in rules().items():
+                score = routed(*picked)
                 rows.append({"rule": rule, "pooling": pooling, "layer": layer, "routing": score})
                 print(f"{stream:11s} {rule:20s} {pooling:4s} layer {layer:3d}: {100 * score:5.1f}%")
     return {"stream": stream, "eval_prompts": sum(map(len, evals)), "rows": rows}
